@@ -1,0 +1,138 @@
+"""`AutoModelForBradleyTerry`: a sequence-classification model whose head always has 2 labels."""
+
+import logging
+import os
+from typing import Any, Callable
+
+import torch
+from transformers import AutoConfig, AutoModelForSequenceClassification, PretrainedConfig, PreTrainedModel
+
+logger = logging.getLogger(__name__)
+
+ID2LABEL = {0: "unused", 1: "reward"}
+"""Written explicitly into every config: transformers 5 omits `num_labels` from `config.json` when it
+equals the default 2, so the labels say it instead. Label 1 is the reward (see `bt_reward`)."""
+
+_HUB_KWARGS = ("revision", "cache_dir", "token", "subfolder", "trust_remote_code", "local_files_only", "gguf_file")
+
+
+def single_eos_id(eos_token_id: int | list[int] | None) -> int | None:
+    """The eos id used as the default pad id: configs may list several eos ids (Llama-3.1-Instruct lists
+    `[128001, 128008, 128009]`); the first, the base model's end-of-text, is taken."""
+    if isinstance(eos_token_id, (list, tuple)):
+        return eos_token_id[0] if eos_token_id else None
+    return eos_token_id
+
+
+def configure_bradley_terry(config: PretrainedConfig) -> PretrainedConfig:
+    """Make a config describe a Bradley-Terry reward model, in place.
+
+    Args:
+        config (`PretrainedConfig`): any sequence-classification-capable model config.
+
+    Returns:
+        `PretrainedConfig`: the same object with `num_labels == 2`, `id2label`/`label2id` set explicitly, and
+        `pad_token_id` set to the (first) eos id when it was unset.
+    """
+    config.num_labels = 2
+    config.id2label = dict(ID2LABEL)
+    config.label2id = {label: index for index, label in ID2LABEL.items()}
+    text_config = config.get_text_config()
+    if text_config.pad_token_id is None:
+        text_config.pad_token_id = single_eos_id(text_config.eos_token_id)
+    return config
+
+
+class BradleyTerrySaveMixin:
+    """Mixed into the concrete model class that `AutoModelForBradleyTerry` returns, so that the
+    Bradley-Terry `save_pretrained` runs on the object users hold (in HALOs it is dead code, because
+    `from_pretrained` returns the concrete architecture class)."""
+
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike,
+        is_main_process: bool = True,
+        state_dict: dict | None = None,
+        save_function: Callable = torch.save,
+        **kwargs: Any,
+    ) -> None:
+        """Save in safetensors with `num_labels=2`, explicit `id2label` and `pad_token_id` kept.
+
+        Args:
+            save_directory (`str`): target directory.
+            is_main_process (`bool`): only the main process writes (distributed training).
+            state_dict (`dict`, *optional*): weights to save instead of the model's own.
+            save_function (`Callable`): accepted for HALOs compatibility; transformers 5 always writes
+                safetensors, so any other value is refused rather than silently ignored.
+            **kwargs: passed on to `PreTrainedModel.save_pretrained` (e.g. `max_shard_size`, `push_to_hub`).
+        """
+        if save_function is not torch.save:
+            raise ValueError("save_function is not supported: checkpoints are always written as safetensors")
+        configure_bradley_terry(self.config)
+        super().save_pretrained(save_directory, is_main_process=is_main_process, state_dict=state_dict, **kwargs)
+
+
+_BRADLEY_TERRY_CLASSES: dict[type, type] = {}
+
+
+def as_bradley_terry(model: PreTrainedModel) -> PreTrainedModel:
+    """Give a loaded sequence-classification model the Bradley-Terry `save_pretrained`, in place.
+
+    The model keeps its architecture class as a base (and its class name, which `config.architectures`
+    records), so `isinstance` checks, PEFT and other tools see the same model.
+    """
+    cls = type(model)
+    if isinstance(model, BradleyTerrySaveMixin):
+        return model
+    if cls not in _BRADLEY_TERRY_CLASSES:
+        _BRADLEY_TERRY_CLASSES[cls] = type(cls.__name__, (BradleyTerrySaveMixin, cls), {"__module__": cls.__module__})
+    model.__class__ = _BRADLEY_TERRY_CLASSES[cls]
+    configure_bradley_terry(model.config)
+    return model
+
+
+class AutoModelForBradleyTerry(AutoModelForSequenceClassification):
+    """`AutoModelForSequenceClassification` whose head always has 2 labels; the reward is `logits[:, 1]`.
+
+    Example:
+        >>> model = AutoModelForBradleyTerry.from_pretrained("meta-llama/Meta-Llama-3-8B", dtype=torch.bfloat16)
+        >>> model.config.num_labels
+        2
+    """
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *model_args: Any, **kwargs: Any) -> PreTrainedModel:
+        """Load a 2-label reward model from a causal-LM checkpoint (new head) or a trained reward checkpoint.
+
+        Args:
+            pretrained_model_name_or_path (`str`): Hub model id or local directory.
+            *model_args: passed on to the model's `__init__`.
+            **kwargs: passed on to `AutoModelForSequenceClassification.from_pretrained` (`dtype`/`torch_dtype`,
+                `attn_implementation`, `quantization_config`, `device_map`, …). `num_labels` and the label
+                fields of `config` are overridden: the head always has 2 labels.
+
+        Returns:
+            `PreTrainedModel`: the concrete architecture (e.g. `LlamaForSequenceClassification`) with
+            `config.num_labels == 2`, `config.pad_token_id` set (the eos id when it was unset), and the
+            Bradley-Terry `save_pretrained`. A checkpoint whose head has another number of labels gets a
+            new 2-label head, with a warning.
+        """
+        kwargs.pop("num_labels", None)
+        config = kwargs.pop("config", None)
+        if config is None:
+            hub_kwargs = {key: kwargs[key] for key in _HUB_KWARGS if key in kwargs}
+            config = AutoConfig.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
+        else:
+            config = config.__class__.from_dict(config.to_dict())
+        if config.num_labels != 2:
+            logger.warning("%s has a %d-label head; a new 2-label head is initialised", pretrained_model_name_or_path, config.num_labels)
+            kwargs["ignore_mismatched_sizes"] = True
+        configure_bradley_terry(config)
+        model = super().from_pretrained(pretrained_model_name_or_path, *model_args, config=config, **kwargs)
+        return as_bradley_terry(model)
+
+    @classmethod
+    def from_config(cls, config: PretrainedConfig, **kwargs: Any) -> PreTrainedModel:
+        """Build a randomly initialised 2-label reward model from a config (used for tests and planning)."""
+        config = configure_bradley_terry(config.__class__.from_dict(config.to_dict()))
+        return as_bradley_terry(super().from_config(config, **kwargs))

@@ -1,0 +1,200 @@
+"""Load `AutoModelForBradleyTerry` in 4-bit (NF4, double quant) with LoRA on the attention projections."""
+
+import copy
+import dataclasses
+import os
+import warnings
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from transformers import (
+    AutoConfig,
+    AutoModelForSequenceClassification,
+    BitsAndBytesConfig,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from .modeling import AutoModelForBradleyTerry
+from .tokenizer import eos_ids_of, load_tokenizer
+
+ATTENTION_PROJECTIONS = {
+    "llama": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "mistral": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "mixtral": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "qwen2": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "qwen3": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "gemma": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "gemma2": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "phi3": ["qkv_proj", "o_proj"],
+    "bert": ["query", "key", "value", "attention.output.dense"],
+    "roberta": ["query", "key", "value", "attention.output.dense"],
+}
+"""LoRA targets by `config.model_type`: the attention projections of each architecture."""
+
+HEAD_NAMES = ("score", "classifier")
+"""Attribute names of sequence-classification heads in transformers (decoders: `score`; encoders: `classifier`)."""
+
+
+def lora_targets(config: PretrainedConfig) -> list[str]:
+    """The attention projections of `config.model_type`; raises `ValueError` for an unknown architecture."""
+    if config.model_type not in ATTENTION_PROJECTIONS:
+        raise ValueError(
+            f"No default LoRA targets for model_type {config.model_type!r}; pass target_modules= "
+            f"(known: {', '.join(sorted(ATTENTION_PROJECTIONS))})"
+        )
+    return list(ATTENTION_PROJECTIONS[config.model_type])
+
+
+def head_name(config: PretrainedConfig) -> str:
+    """Name of the classification head of the architecture, found on the meta device (no weights)."""
+    with torch.device("meta"):
+        skeleton = AutoModelForSequenceClassification.from_config(config)
+    for name in HEAD_NAMES:
+        if isinstance(getattr(skeleton, name, None), torch.nn.Module):
+            return name
+    raise ValueError(f"{type(skeleton).__name__} has none of the head attributes {HEAD_NAMES}")
+
+
+def _cast_input_to_weight_dtype(module: torch.nn.Module, args: tuple) -> tuple:
+    return (args[0].to(module.weight.dtype),) + args[1:]
+
+
+def keep_head_in_float32(head: torch.nn.Module) -> None:
+    """Keep the head's weights in fp32 and feed it fp32 hidden states, so rewards are computed in full precision."""
+    head.to(torch.float32)
+    head.register_forward_pre_hook(_cast_input_to_weight_dtype)
+
+
+def disable_cpu_weight_repacking(model: torch.nn.Module) -> int:
+    """Stop bitsandbytes from repacking 4-bit weights in place on CPUs with AVX512-BF16.
+
+    An eval-mode no-grad forward repacks them for `gemv_4bit`, which has no autograd: a backward afterwards
+    gives silently wrong gradients. Returns the number of `Linear4bit` layers set.
+    """
+    import bitsandbytes as bnb
+
+    layers = [module for module in model.modules() if isinstance(module, bnb.nn.Linear4bit)]
+    for layer in layers:
+        layer.support_avx512bf16_for_cpu = False
+    return len(layers)
+
+
+def default_device_map() -> dict[str, int | str]:
+    """One whole model per process: this process's GPU when there is one, else the CPU."""
+    if torch.cuda.is_available():
+        from accelerate import PartialState
+
+        return {"": PartialState().local_process_index}
+    return {"": "cpu"}
+
+
+def load_reward_model(
+    model_name_or_path: str | os.PathLike,
+    quantization_config: BitsAndBytesConfig | None = None,
+    **kwargs,
+) -> PreTrainedModel:
+    """Load `AutoModelForBradleyTerry` with its head unquantized and in fp32.
+
+    Args:
+        model_name_or_path (`str`): causal-LM or reward checkpoint (Hub id or local directory).
+        quantization_config (`BitsAndBytesConfig`, *optional*): the head is added to its
+            `llm_int8_skip_modules` (a copy is made; the caller's object is unchanged).
+        **kwargs: passed on to `AutoModelForBradleyTerry.from_pretrained` (`dtype`, `device_map`, …).
+
+    Returns:
+        `PreTrainedModel`: 2-label model; when quantized, CPU weight repacking is disabled (see
+        `disable_cpu_weight_repacking`).
+    """
+    config = AutoConfig.from_pretrained(model_name_or_path, trust_remote_code=kwargs.get("trust_remote_code", False))
+    head = head_name(config)
+    if quantization_config is not None:
+        quantization_config = copy.deepcopy(quantization_config)
+        skipped = list(quantization_config.llm_int8_skip_modules or [])
+        quantization_config.llm_int8_skip_modules = skipped + [head] * (head not in skipped)
+        kwargs["quantization_config"] = quantization_config
+    model = AutoModelForBradleyTerry.from_pretrained(model_name_or_path, **kwargs)
+    disable_cpu_weight_repacking(model)
+    keep_head_in_float32(getattr(model, head))
+    return model
+
+
+def add_lora(model: PreTrainedModel, lora_config: LoraConfig) -> PeftModel:
+    """Wrap a reward model with LoRA adapters; its head is always trained and saved with the adapter.
+
+    Args:
+        model (`PreTrainedModel`): from `load_reward_model`.
+        lora_config (`LoraConfig`): the head is added to `modules_to_save` of a copy when missing.
+
+    Returns:
+        `PeftModel`; the trainable parameter count is printed.
+    """
+    head = head_name(model.config)
+    modules_to_save = list(lora_config.modules_to_save or [])
+    lora_config = dataclasses.replace(lora_config, modules_to_save=modules_to_save + [head] * (head not in modules_to_save))
+    model = get_peft_model(model, lora_config)
+    trainable, total = model.get_nb_trainable_parameters()
+    print(f"bt-peft: {trainable:,} trainable parameters of {total:,} ({100 * trainable / total:.3f}%), head {head!r} in fp32")
+    return model
+
+
+def load_qlora_model(
+    model_name_or_path: str | os.PathLike,
+    compute_dtype: torch.dtype = torch.bfloat16,
+    lora_r: int = 16,
+    lora_alpha: int = 32,
+    lora_dropout: float = 0.05,
+    target_modules: list[str] | None = None,
+    gradient_checkpointing: bool = True,
+    attn_implementation: str | None = None,
+    device_map: dict | str | None = None,
+    trust_remote_code: bool = False,
+) -> tuple[PeftModel, PreTrainedTokenizerBase]:
+    """Load a Bradley-Terry reward model for QLoRA training.
+
+    Args:
+        model_name_or_path (`str`): causal-LM or reward checkpoint (Hub id or local directory).
+        compute_dtype (`torch.dtype`): 4-bit compute dtype and dtype of the unquantized body (embeddings,
+            norms): bf16 by default, fp32 selectable; fp16 warns (NaN-prone with score heads).
+        lora_r, lora_alpha, lora_dropout: LoRA hyper-parameters (defaults 16, 32, 0.05).
+        target_modules (`list[str]`, *optional*): LoRA targets; default: the architecture's attention projections.
+        gradient_checkpointing (`bool`): non-reentrant gradient checkpointing (default on).
+        attn_implementation (`str`, *optional*): e.g. "sdpa", "flash_attention_2", "eager".
+        device_map: where to put the model; default: this process's GPU, or the CPU.
+        trust_remote_code (`bool`): off by default; never turned on silently.
+
+    Returns:
+        (`PeftModel`, tokenizer): linear layers in NF4 with double quant; LoRA adapters (fp32) on the targets;
+        the classification head unquantized, in fp32, trainable and saved with the adapter; a tokenizer whose
+        pad token (distinct from eos where the vocabulary allows) equals `model.config.pad_token_id`.
+    """
+    if compute_dtype == torch.float16:
+        warnings.warn("fp16 is prone to NaN losses with score heads (peft#1522, trl#3236); prefer bf16", stacklevel=2)
+    quantization = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute_dtype,
+    )
+    model = load_reward_model(
+        model_name_or_path,
+        quantization,
+        dtype=compute_dtype,
+        attn_implementation=attn_implementation,
+        device_map=device_map or default_device_map(),
+        trust_remote_code=trust_remote_code,
+    )
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    tokenizer = load_tokenizer(model_name_or_path, eos_ids=eos_ids_of(model.config), trust_remote_code=trust_remote_code)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    lora = LoraConfig(
+        r=lora_r,
+        lora_alpha=lora_alpha,
+        lora_dropout=lora_dropout,
+        target_modules=target_modules or lora_targets(model.config),
+        task_type="SEQ_CLS",
+    )
+    return add_lora(model, lora), tokenizer

@@ -1,0 +1,56 @@
+"""`score`: rewards of texts or conversations, tokenized and read exactly as in training."""
+
+from collections.abc import Sequence
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from .data import encode, truncate_left
+from .qlora import disable_cpu_weight_repacking
+from .reward import bt_reward
+
+
+@torch.inference_mode()
+def score(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: Sequence[str | list[dict]],
+    batch_size: int = 16,
+    max_length: int | None = None,
+) -> torch.Tensor:
+    """Rewards of texts, with the tokenization (`bt_peft.data.encode`) and reward position of training.
+
+    Args:
+        model: a 2-label reward model in memory: 4-bit + adapter (`PeftModel`), merged, or plain.
+        tokenizer (`PreTrainedTokenizerBase`): its pad id must be `model.config.pad_token_id`.
+        texts: plain texts (prompt + reply) or conversations (lists of `{"role", "content"}` messages).
+        batch_size (`int`): sequences per forward; texts are batched by length to waste little padding.
+        max_length (`int`, *optional*): texts longer than this are cut from the left, as in training.
+
+    Returns:
+        `torch.Tensor`, float32, shape `(len(texts),)`, on the CPU, in input order: `bt_reward` of each text.
+    """
+    if model.config.pad_token_id != tokenizer.pad_token_id:
+        raise ValueError(
+            f"model.config.pad_token_id ({model.config.pad_token_id}) differs from the tokenizer's pad id "
+            f"({tokenizer.pad_token_id}): rewards would be read at the wrong token"
+        )
+    disable_cpu_weight_repacking(model)
+    keep_prefix = len(encode(tokenizer, ""))
+    ids = [encode(tokenizer, text) for text in texts]
+    if max_length is not None:
+        ids = [truncate_left(sequence, max_length, keep_prefix if isinstance(text, str) else 0) for sequence, text in zip(ids, texts)]
+    order = sorted(range(len(ids)), key=lambda index: len(ids[index]))
+    device = next(model.parameters()).device
+    rewards = torch.empty(len(ids), dtype=torch.float32)
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(order), batch_size):
+            batch = order[start : start + batch_size]
+            inputs = tokenizer.pad({"input_ids": [ids[index] for index in batch]}, return_tensors="pt").to(device)
+            logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
+            rewards[batch] = bt_reward(logits).float().cpu()
+    finally:
+        model.train(was_training)
+    return rewards

@@ -1,0 +1,77 @@
+"""Tokenizer set-up: a pad token distinct from eos, so training and serving read the same token."""
+
+import logging
+import os
+
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+logger = logging.getLogger(__name__)
+
+PAD_CANDIDATES = (
+    "<|finetune_right_pad_id|>",  # Llama-3.1 / 3.2 / 3.3
+    "<|reserved_special_token_0|>",  # Llama-3 (3.0)
+    "<|endoftext|>",  # SmolLM2 (its eos is <|im_end|>), Qwen2.5-Instruct
+    "<pad>",
+    "[PAD]",
+    "<unk>",
+)
+"""Existing, unused special tokens tried in order as the pad token. A new token is never added: it would
+resize the embeddings and change the checkpoint."""
+
+
+def choose_pad_token(tokenizer: PreTrainedTokenizerBase, eos_ids: set[int] | None = None) -> str:
+    """Pick the pad token of a reward model.
+
+    Transformers' sequence-classification pooling reads the rightmost token that is not the pad token. With
+    pad == eos, a text that ends in eos is scored at the token before it; with a pad token that never occurs in
+    text, the reward is read at the true last token under left and right padding alike.
+
+    Args:
+        tokenizer (`PreTrainedTokenizerBase`): the model's tokenizer.
+        eos_ids (`set[int]`, *optional*): every id the model treats as eos (configs may list several); the
+            tokenizer's own eos is always excluded too.
+
+    Returns:
+        `str`: the tokenizer's pad token when it is set and not an eos, otherwise the first existing special
+        token of `PAD_CANDIDATES` that is not an eos or bos, otherwise (with a warning) the eos token.
+    """
+    excluded = set(eos_ids or ()) | {tokenizer.eos_token_id, tokenizer.bos_token_id}
+    if tokenizer.pad_token is not None and tokenizer.pad_token_id not in excluded:
+        return tokenizer.pad_token
+    special = {token.content for token in tokenizer.added_tokens_decoder.values() if token.special}
+    special |= set(tokenizer.all_special_tokens)
+    for candidate in PAD_CANDIDATES:
+        if candidate in special and tokenizer.convert_tokens_to_ids(candidate) not in excluded:
+            return candidate
+    logger.warning(
+        "No unused special token to pad with: padding with eos %r. A text ending in eos is then scored at the "
+        "token before it, by bt-peft and by transformers alike.",
+        tokenizer.eos_token,
+    )
+    return tokenizer.eos_token
+
+
+def load_tokenizer(
+    model_name_or_path: str | os.PathLike, eos_ids: set[int] | None = None, **kwargs
+) -> PreTrainedTokenizerBase:
+    """Load a tokenizer and give it the pad token of `choose_pad_token`.
+
+    Args:
+        model_name_or_path (`str`): Hub id or local directory.
+        eos_ids (`set[int]`, *optional*): the model config's eos ids, excluded from padding.
+        **kwargs: passed on to `AutoTokenizer.from_pretrained`.
+
+    Returns:
+        `PreTrainedTokenizerBase` with `pad_token` set; set `model.config.pad_token_id` to its `pad_token_id`.
+    """
+    tokenizer = AutoTokenizer.from_pretrained(model_name_or_path, **kwargs)
+    tokenizer.pad_token = choose_pad_token(tokenizer, eos_ids)
+    return tokenizer
+
+
+def eos_ids_of(config) -> set[int]:
+    """Every eos id a model config names (an int or a list)."""
+    eos = config.get_text_config().eos_token_id
+    if eos is None:
+        return set()
+    return set(eos) if isinstance(eos, (list, tuple)) else {eos}

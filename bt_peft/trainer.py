@@ -1,0 +1,125 @@
+"""`BradleyTerryRewardTrainer`: TRL's `RewardTrainer` on a 2-label head, reward `logits[:, 1]`."""
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from datasets import Dataset, IterableDataset
+from peft import PeftConfig
+from transformers import BitsAndBytesConfig, PreTrainedModel
+from trl import RewardConfig, RewardTrainer
+from trl.trainer.utils import get_config_model_id
+
+from .data import prepare_preference_dataset
+from .loss import bradley_terry_loss
+from .modeling import configure_bradley_terry
+from .qlora import add_lora, load_reward_model
+from .reward import bt_reward
+from .tokenizer import eos_ids_of, load_tokenizer
+
+
+@contextlib.contextmanager
+def _shown_to_trl_as_single_label(model: torch.nn.Module) -> Iterator[None]:
+    """TRL's `RewardTrainer.__init__` refuses `num_labels != 1`; the loss is ours, so only that check reads it.
+    The model's own config says 1 label for the duration of the call and 2 again afterwards (no global state)."""
+    config = model.config
+    config.num_labels = 1
+    try:
+        yield
+    finally:
+        configure_bradley_terry(config)
+
+
+class BradleyTerryRewardTrainer(RewardTrainer):
+    """`trl.RewardTrainer` for 2-label Bradley-Terry reward models.
+
+    Takes the same arguments as `RewardTrainer` (a `RewardConfig`, TRL's standard and conversational
+    preference datasets with explicit or implicit prompt, pre-tokenized `chosen_ids`/`rejected_ids`, an optional
+    `margin` column) plus raw HH-RLHF text pairs. Differences from TRL:
+
+    - `model`: a model from `load_qlora_model`, any 2-label sequence-classification model, or a name/path,
+      which is loaded with `AutoModelForBradleyTerry` (`args.model_init_kwargs`, `quantization_config`) and
+      wrapped with `peft_config` when given (TRL's convention); the head is kept out of 4-bit, in fp32, and
+      trained and saved with the adapter.
+    - loss: `-logsigmoid(r_c - r_r - margin)` (+ `center_rewards_coefficient * mean((r_c + r_r) ** 2)`) with
+      `r = bt_reward(logits)`.
+    - data: pairs longer than `max_length` are kept, their prompt cut from the left; what was truncated or
+      skipped is printed and kept in `preparation_reports`.
+    - trainable parameters keep the dtype the model was given (TRL casts QLoRA adapters and head to bf16).
+
+    Logged in train and eval: `accuracy`, `margin`, `chosen_reward`, `rejected_reward`, `num_tokens`.
+    """
+
+    def __init__(
+        self,
+        model: "str | PreTrainedModel",
+        args: RewardConfig | None = None,
+        data_collator=None,
+        train_dataset: Dataset | None = None,
+        eval_dataset: Dataset | dict[str, Dataset] | None = None,
+        processing_class=None,
+        quantization_config: BitsAndBytesConfig | None = None,
+        peft_config: PeftConfig | None = None,
+        **kwargs: Any,
+    ):
+        if isinstance(train_dataset, IterableDataset):
+            raise TypeError("BradleyTerryRewardTrainer needs a map-style datasets.Dataset (streaming is not supported)")
+        args = args or RewardConfig(output_dir="bt-reward-model")
+        if isinstance(model, str):
+            init_kwargs = dict(args.model_init_kwargs or {})
+            init_kwargs.setdefault("trust_remote_code", args.trust_remote_code)
+            model = load_reward_model(model, quantization_config, **init_kwargs)
+        if peft_config is not None:
+            model = add_lora(model, peft_config)
+        if model.config.num_labels != 2:
+            raise ValueError(
+                f"BradleyTerryRewardTrainer needs a 2-label head, the model has num_labels={model.config.num_labels}: "
+                "load it with AutoModelForBradleyTerry or load_qlora_model"
+            )
+        if processing_class is None:
+            processing_class = load_tokenizer(
+                get_config_model_id(model.config), eos_ids=eos_ids_of(model.config), trust_remote_code=args.trust_remote_code
+            )
+        self.preparation_reports = {}
+        trainable = {name: param.data for name, param in model.named_parameters() if param.requires_grad}
+        with _shown_to_trl_as_single_label(model):
+            super().__init__(
+                model=model,
+                args=args,
+                data_collator=data_collator,
+                train_dataset=train_dataset,
+                eval_dataset=eval_dataset,
+                processing_class=processing_class,
+                **kwargs,
+            )
+        for name, param in self.model.named_parameters():
+            if name in trainable:
+                param.data = trainable[name]
+
+    def _prepare_dataset(self, dataset: Dataset, processing_class, args: RewardConfig, dataset_name: str) -> Dataset:
+        prepared, report = prepare_preference_dataset(dataset, processing_class, args.max_length, dataset_name)
+        self.preparation_reports[dataset_name] = report
+        if args.process_index == 0:
+            print(f"bt-peft data: {report}")
+        return prepared
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        mode = "train" if self.model.training else "eval"
+        outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False)
+        chosen, rejected = bt_reward(outputs.logits).float().chunk(2)
+        loss = bradley_terry_loss(chosen, rejected, inputs.get("margin"), self.args.center_rewards_coefficient)
+
+        if mode == "train":
+            tokens = self.accelerator.gather_for_metrics(inputs["attention_mask"].sum()).sum().item()
+            self._total_train_tokens += tokens // self._tp_size
+        self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
+        with torch.no_grad():
+            gather = self.accelerator.gather_for_metrics
+            chosen_all, rejected_all = gather(chosen.detach()), gather(rejected.detach())
+            metrics = self._metrics[mode]
+            metrics["accuracy"].append((chosen_all > rejected_all).float().mean().item())
+            metrics["margin"].append((chosen_all - rejected_all).mean().item())
+            metrics["chosen_reward"].append(chosen_all.mean().item())
+            metrics["rejected_reward"].append(rejected_all.mean().item())
+        return (loss, outputs) if return_outputs else loss

@@ -1,0 +1,61 @@
+"""Shared fixtures: a tiny random Llama reward checkpoint with a tokenizer built locally (no downloads)."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+HH_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "hh-rlhf-harmless-base"
+
+CORPUS = [
+    "Human: how do I bake bread? Assistant: Mix flour, water, salt and yeast, let it rise, then bake it.",
+    "Human: what is the capital of France? Assistant: Paris is the capital of France.",
+    "Human: tell me a joke. Assistant: No. Go away, I do not care about you.",
+    "Human: how far is the moon? Assistant: About 384,400 kilometres from the Earth on average.",
+    "Human: can you help me? Assistant: Sure, I am happy to help. What do you need?",
+]
+CHAT_TEMPLATE = "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}</s>{% endfor %}"
+
+
+def build_tokenizer() -> PreTrainedTokenizerFast:
+    """A small byte-level BPE tokenizer: BOS `<s>` prepended, eos `</s>`, no pad token, and an unused special
+    `<|endoftext|>` that bt-peft should pick as the pad token."""
+    specials = ["<s>", "</s>", "<|endoftext|>", "<unk>"]
+    backend = Tokenizer(models.BPE(unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.train_from_iterator(CORPUS * 4, trainers.BpeTrainer(vocab_size=400, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    from tokenizers import decoders
+
+    backend.decoder = decoders.ByteLevel()
+    backend.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", 0)])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                        additional_special_tokens=["<|endoftext|>"])
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def tiny_llama_config(vocab_size: int, **overrides) -> LlamaConfig:
+    settings = dict(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                    bos_token_id=0, eos_token_id=1, pad_token_id=None, tie_word_embeddings=False)
+    settings.update(overrides)
+    return LlamaConfig(**settings)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory) -> Path:
+    """A tiny random causal-LM Llama checkpoint with its tokenizer, as a user would download one."""
+    path = tmp_path_factory.mktemp("tiny-llama")
+    tokenizer = build_tokenizer()
+    torch.manual_seed(0)
+    LlamaForCausalLM(tiny_llama_config(len(tokenizer))).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def hh_dir() -> Path:
+    assert HH_DIR.is_dir(), f"the shared HH-RLHF sample is expected at {HH_DIR}"
+    return HH_DIR
