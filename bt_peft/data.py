@@ -122,6 +122,14 @@ def truncate_left(ids: list[int], max_length: int, keep_prefix: int) -> list[int
     return ids[:keep_prefix] + ids[len(ids) - (max_length - keep_prefix) :]
 
 
+def fit_to_length(ids: list[int], max_length: int | None, special_prefix: list[int]) -> list[int]:
+    """`truncate_left` keeping the leading ids that `ids` shares with `special_prefix` (`encode(tokenizer, "")`:
+    the BOS, if any). `max_length=None` returns `ids` unchanged."""
+    if max_length is None:
+        return ids
+    return truncate_left(ids, max_length, _common_prefix_length(ids, special_prefix))
+
+
 @dataclass
 class PreparationReport:
     """What `prepare_preference_dataset` did to one dataset.
@@ -212,12 +220,11 @@ def prepare_preference_dataset(
             raise ValueError(f"{name} row {i}: {error}") from None
         if max_length is not None and max(len(chosen), len(rejected)) > max_length:
             n_prompt = len(encode(tokenizer, prompt)) if prompt is not None else _common_prefix_length(chosen, rejected)
-            keep = _common_prefix_length(chosen, special_prefix)
             truncated += 1
-            if max(len(chosen), len(rejected)) - max_length > n_prompt - keep:
+            if max(len(chosen), len(rejected)) - max_length > n_prompt - _common_prefix_length(chosen, special_prefix):
                 response_cut += 1
-            chosen = truncate_left(chosen, max_length, keep)
-            rejected = truncate_left(rejected, max_length, _common_prefix_length(rejected, special_prefix))
+            chosen = fit_to_length(chosen, max_length, special_prefix)
+            rejected = fit_to_length(rejected, max_length, special_prefix)
         if chosen == rejected:
             skipped[IDENTICAL] += 1
             continue

@@ -85,9 +85,8 @@ def _strip_gguf(model: PreTrainedModel) -> None:
     """Make `model` an ordinary float model: no quantizer, no `quantization_config`, so `save_pretrained` writes
     plain safetensors and reloading needs neither gguf nor `gguf_file`."""
     model.hf_quantizer = None
-    for config in {id(model.config): model.config, id(model.generation_config): model.generation_config}.values():
-        if hasattr(config, "quantization_config"):
-            delattr(config, "quantization_config")
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
     model.config.name_or_path = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 

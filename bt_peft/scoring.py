@@ -5,7 +5,7 @@ from collections.abc import Sequence
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from .data import encode, truncate_left
+from .data import encode, fit_to_length
 from .qlora import disable_cpu_weight_repacking
 from .reward import bt_reward
 
@@ -36,10 +36,8 @@ def score(
             f"({tokenizer.pad_token_id}): rewards would be read at the wrong token"
         )
     disable_cpu_weight_repacking(model)
-    keep_prefix = len(encode(tokenizer, ""))
-    ids = [encode(tokenizer, text) for text in texts]
-    if max_length is not None:
-        ids = [truncate_left(sequence, max_length, keep_prefix if isinstance(text, str) else 0) for sequence, text in zip(ids, texts)]
+    special_prefix = encode(tokenizer, "")
+    ids = [fit_to_length(encode(tokenizer, text), max_length, special_prefix) for text in texts]
     order = sorted(range(len(ids)), key=lambda index: len(ids[index]))
     device = next(model.parameters()).device
     rewards = torch.empty(len(ids), dtype=torch.float32)
