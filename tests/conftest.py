@@ -59,3 +59,27 @@ def tiny_llama_dir(tmp_path_factory) -> Path:
 def hh_dir() -> Path:
     assert HH_DIR.is_dir(), f"the shared HH-RLHF sample is expected at {HH_DIR}"
     return HH_DIR
+
+
+PAIRS = [
+    ("Human: can you help me? Assistant:", " Sure, I am happy to help.", " No. Go away."),
+    ("Human: what is the capital of France? Assistant:", " Paris is the capital of France.", " I do not care about you."),
+    ("Human: how do I bake bread? Assistant:", " Mix flour, water, salt and yeast, then bake it.", " Go away, I do not care."),
+    ("Human: how far is the moon? Assistant:", " About 384,400 kilometres on average.", " No. I do not care about you."),
+]
+
+
+def preference_rows(repeat: int = 4) -> list[dict]:
+    """Standard explicit-prompt rows with a learnable preference (helpful vs rude)."""
+    return [{"prompt": p, "chosen": c, "rejected": r} for p, c, r in PAIRS] * repeat
+
+
+def fp32_args(output_dir, **overrides):
+    """A small, deterministic fp32 RewardConfig for tests."""
+    from trl import RewardConfig
+
+    settings = dict(output_dir=str(output_dir), per_device_train_batch_size=4, per_device_eval_batch_size=4,
+                    max_steps=4, learning_rate=5e-3, bf16=False, report_to=[], logging_steps=1,
+                    save_strategy="no", max_length=64, seed=0, disable_tqdm=True)
+    settings.update(overrides)
+    return RewardConfig(**settings)

@@ -1,0 +1,147 @@
+import pytest
+import torch
+from datasets import Dataset
+from peft import LoraConfig, PeftModel
+from transformers import AutoModelForSequenceClassification, BitsAndBytesConfig
+from trl import RewardTrainer
+
+from bt_peft import BradleyTerryRewardTrainer, bt_reward, load_qlora_model
+from bt_peft.qlora import load_reward_model
+from conftest import fp32_args, preference_rows
+
+NF4 = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                         bnb_4bit_compute_dtype=torch.float32)
+
+
+@pytest.fixture
+def qlora(tiny_llama_dir):
+    return load_qlora_model(tiny_llama_dir, compute_dtype=torch.float32)
+
+
+def make_trainer(qlora, tmp_path, rows=None, **overrides):
+    model, tokenizer = qlora
+    dataset = Dataset.from_list(rows or preference_rows())
+    return BradleyTerryRewardTrainer(model=model, args=fp32_args(tmp_path, **overrides), train_dataset=dataset,
+                                     eval_dataset=dataset, processing_class=tokenizer)
+
+
+def test_training_lowers_eval_loss(qlora, tmp_path):
+    trainer = make_trainer(qlora, tmp_path, max_steps=12)
+    before = trainer.evaluate()["eval_loss"]
+    trainer.train()
+    after = trainer.evaluate()
+    assert after["eval_loss"] < before - 0.05
+    assert after["eval_accuracy"] == 1.0
+
+
+def test_logs_pair_metrics_in_train_and_eval(qlora, tmp_path):
+    trainer = make_trainer(qlora, tmp_path, max_steps=2)
+    trainer.train()
+    trainer.evaluate()
+    train_logs = next(log for log in trainer.state.log_history if "loss" in log)
+    eval_logs = next(log for log in trainer.state.log_history if "eval_loss" in log)
+    for key in ("accuracy", "margin", "chosen_reward", "rejected_reward"):
+        assert key in train_logs and f"eval_{key}" in eval_logs
+    assert eval_logs["eval_margin"] == pytest.approx(eval_logs["eval_chosen_reward"] - eval_logs["eval_rejected_reward"], abs=1e-5)
+
+
+def test_trainable_parameters_keep_their_dtype_under_bf16_args(qlora, tmp_path):
+    trainer = make_trainer(qlora, tmp_path, bf16=True, use_cpu=True)
+    dtypes = {name: p.dtype for name, p in trainer.model.named_parameters() if p.requires_grad}
+    assert any("score" in name for name in dtypes) and any("lora_A" in name for name in dtypes)
+    assert set(dtypes.values()) == {torch.float32}
+
+
+def test_compute_loss_is_bradley_terry_on_logit_one_with_margin_and_centering(qlora, tmp_path):
+    rows = [dict(row, margin=0.25 * i) for i, row in enumerate(preference_rows(1))]
+    trainer = make_trainer(qlora, tmp_path, rows=rows, center_rewards_coefficient=0.1)
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+    trainer.model.eval()
+    with torch.no_grad():
+        loss = trainer.compute_loss(trainer.model, dict(batch))
+        rewards = bt_reward(trainer.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits)
+    chosen, rejected = rewards[:4], rewards[4:]
+    margin = torch.tensor([0.0, 0.25, 0.5, 0.75])
+    expected = -torch.nn.functional.logsigmoid(chosen - rejected - margin).mean() + 0.1 * ((chosen + rejected) ** 2).mean()
+    assert loss.item() == pytest.approx(expected.item(), abs=1e-6)
+
+
+def test_model_name_with_quantization_and_peft_config(tiny_llama_dir, tmp_path):
+    import bitsandbytes as bnb
+
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="SEQ_CLS")
+    trainer = BradleyTerryRewardTrainer(
+        model=str(tiny_llama_dir),
+        args=fp32_args(tmp_path, max_steps=2, model_init_kwargs={"dtype": torch.float32}),
+        train_dataset=Dataset.from_list(preference_rows()),
+        quantization_config=NF4,
+        peft_config=lora,
+    )
+    assert isinstance(trainer.model, PeftModel) and trainer.model.config.num_labels == 2
+    assert trainer.processing_class.pad_token == "<|endoftext|>"
+    assert isinstance(trainer.model.base_model.model.model.layers[0].mlp.up_proj, bnb.nn.Linear4bit)
+    head = trainer.model.base_model.model.score.modules_to_save["default"]
+    assert type(head) is torch.nn.Linear and head.weight.dtype == torch.float32 and head.weight.requires_grad
+    before = head.weight.detach().clone()
+    trainer.train()
+    assert not torch.equal(before, head.weight.detach())
+
+
+def test_single_label_model_is_refused_with_a_clear_error(tiny_llama_dir, tmp_path):
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_llama_dir, num_labels=1)
+    with pytest.raises(ValueError, match="2-label head"):
+        BradleyTerryRewardTrainer(model=model, args=fp32_args(tmp_path), train_dataset=Dataset.from_list(preference_rows()))
+
+
+def test_trl_check_is_not_changed_globally(qlora, tmp_path):
+    trainer = make_trainer(qlora, tmp_path)
+    assert trainer.model.config.num_labels == 2 and trainer.model.config.id2label[1] == "reward"
+    model = AutoModelForSequenceClassification.from_pretrained(trainer.model.config._name_or_path, num_labels=2)
+    with pytest.raises(ValueError, match="num_labels"):
+        RewardTrainer(model=model, args=fp32_args(tmp_path), train_dataset=Dataset.from_list(preference_rows()))
+
+
+CONVERSATION = [{"role": "user", "content": "can you help me?"}]
+FORMATS = {
+    "standard implicit": {"chosen": "Human: hi Assistant: Sure, happy to help.", "rejected": "Human: hi Assistant: No."},
+    "standard explicit": {"prompt": "Human: hi Assistant:", "chosen": " Sure.", "rejected": " No."},
+    "conversational implicit": {"chosen": CONVERSATION + [{"role": "assistant", "content": "Sure."}],
+                                "rejected": CONVERSATION + [{"role": "assistant", "content": "No."}]},
+    "conversational explicit": {"prompt": CONVERSATION, "chosen": [{"role": "assistant", "content": "Sure."}],
+                                "rejected": [{"role": "assistant", "content": "No."}]},
+    "pre-tokenized": {"chosen_ids": [0, 5, 6, 7], "rejected_ids": [0, 5, 6, 8]},
+    "raw HH-RLHF": {"chosen": "\n\nHuman: hi\n\nAssistant: Sure, happy to help.", "rejected": "\n\nHuman: hi\n\nAssistant: No."},
+}
+
+
+@pytest.mark.parametrize("form", FORMATS)
+def test_accepts_trl_dataset_formats_and_hh_text(qlora, tmp_path, form):
+    trainer = make_trainer(qlora, tmp_path, rows=[FORMATS[form]] * 4, max_steps=1)
+    assert trainer.preparation_reports["train"].kept == 4
+    trainer.train()
+    assert trainer.state.global_step == 1
+
+
+def test_long_pairs_are_truncated_not_dropped(qlora, tmp_path, hh_dir):
+    rows = Dataset.from_json(str(hh_dir / "dev.jsonl")).select(range(8)).to_list()
+    trainer = make_trainer(qlora, tmp_path, rows=rows, max_length=48, max_steps=1)
+    report = trainer.preparation_reports["train"]
+    assert report.kept == 8 and report.truncated > 0
+    assert max(len(ids) for ids in trainer.train_dataset["chosen_ids"]) == 48
+
+
+def test_saved_adapter_reloads_with_peft_and_gives_the_same_rewards(qlora, tmp_path, tiny_llama_dir):
+    trainer = make_trainer(qlora, tmp_path, max_steps=3)
+    trainer.train()
+    trainer.save_model(str(tmp_path / "adapter"))
+    names = {path.name for path in (tmp_path / "adapter").iterdir()}
+    assert {"adapter_model.safetensors", "adapter_config.json", "tokenizer.json"} <= names
+    reloaded = PeftModel.from_pretrained(load_reward_model(tiny_llama_dir, NF4, dtype=torch.float32), tmp_path / "adapter")
+    reloaded.config.pad_token_id = trainer.processing_class.pad_token_id
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+    trainer.model.eval()
+    reloaded.eval()
+    with torch.no_grad():
+        expected = bt_reward(trainer.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits)
+        actual = bt_reward(reloaded(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits)
+    assert torch.allclose(actual, expected, atol=1e-6)
