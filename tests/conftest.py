@@ -83,3 +83,20 @@ def fp32_args(output_dir, **overrides):
                     save_strategy="no", max_length=64, seed=0, disable_tqdm=True)
     settings.update(overrides)
     return RewardConfig(**settings)
+
+
+@pytest.fixture(scope="session")
+def trained(tiny_llama_dir, tmp_path_factory):
+    """A tiny fp32 QLoRA reward model trained a few steps, and its adapter saved with `trainer.save_model`."""
+    from datasets import Dataset
+
+    from bt_peft import BradleyTerryRewardTrainer, load_qlora_model
+
+    output = tmp_path_factory.mktemp("trained")
+    model, tokenizer = load_qlora_model(tiny_llama_dir, compute_dtype=torch.float32)
+    trainer = BradleyTerryRewardTrainer(model=model, args=fp32_args(output, max_steps=6),
+                                        train_dataset=Dataset.from_list(preference_rows()), processing_class=tokenizer)
+    trainer.train()
+    trainer.save_model(str(output / "adapter"))
+    trainer.model.eval()
+    return trainer, output / "adapter"

@@ -1,0 +1,87 @@
+import json
+
+import pytest
+import torch
+from peft import PeftModel
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from bt_peft import AutoModelForBradleyTerry, bt_reward, merge_and_save, score
+from conftest import preference_rows
+
+TEXTS = [row["prompt"] + row[side] for row in preference_rows(1) for side in ("chosen", "rejected")]
+TEXTS += ["Human: hi</s>", "Human: how do I bake bread? Assistant: Go away.</s>"]  # texts that end in eos
+
+
+def plain_rewards(directory, texts, padding_side="right") -> torch.Tensor:
+    """What any tool gets: plain transformers classes and `tokenizer(text)` with the saved tokenizer."""
+    model = AutoModelForSequenceClassification.from_pretrained(directory, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(directory, padding_side=padding_side)
+    with torch.no_grad():
+        return bt_reward(model(**tokenizer(texts, padding=True, return_tensors="pt")).logits)
+
+
+@pytest.fixture(scope="module")
+def merged(trained, tmp_path_factory):
+    _, adapter = trained
+    root = tmp_path_factory.mktemp("merged")
+    return {
+        "fp32": merge_and_save(adapter, root / "fp32", dtype=torch.float32),
+        "exact": merge_and_save(adapter, root / "exact", dtype=torch.float32, from_4bit=True),
+        "bf16": merge_and_save(adapter, root / "bf16"),
+    }
+
+
+def test_merged_checkpoint_is_a_plain_two_label_safetensors_checkpoint(merged, trained):
+    trainer, _ = trained
+    directory = merged["fp32"]
+    config = json.loads((directory / "config.json").read_text())
+    assert config["id2label"] == {"0": "unused", "1": "reward"}
+    assert config["pad_token_id"] == trainer.processing_class.pad_token_id != trainer.processing_class.eos_token_id
+    assert list(directory.glob("*.safetensors")) and not list(directory.glob("*.bin"))
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    assert tokenizer.pad_token == "<|endoftext|>" and tokenizer.pad_token_id == config["pad_token_id"]
+    assert AutoModelForSequenceClassification.from_pretrained(directory).config.num_labels == 2
+
+
+def test_merged_equals_adapter_on_the_same_dtype_base(merged, trained, tiny_llama_dir):
+    _, adapter = trained
+    base = AutoModelForBradleyTerry.from_pretrained(tiny_llama_dir, dtype=torch.float32)
+    model = PeftModel.from_pretrained(base, adapter).eval()
+    tokenizer = AutoTokenizer.from_pretrained(adapter)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    expected = score(model, tokenizer, TEXTS)
+    assert (plain_rewards(merged["fp32"], TEXTS) - expected).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+def test_what_you_train_is_what_you_serve(merged, trained, padding_side):
+    """The exact merge served by plain transformers gives the rewards of the trained 4-bit model, as read by the
+    trainer and by `score`, texts ending in eos included."""
+    trainer, _ = trained
+    served = plain_rewards(merged["exact"], TEXTS, padding_side)
+    scored = score(trainer.model, trainer.processing_class, TEXTS)
+    rows = [{"prompt": "", "chosen": text, "rejected": "x"} for text in TEXTS]
+    prepared = trainer._prepare_dataset(trainer.train_dataset.from_list(rows), trainer.processing_class, trainer.args, "serve")
+    batch = trainer.data_collator(list(prepared))
+    with torch.no_grad():
+        in_training = bt_reward(trainer.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits)
+    assert (served - scored).abs().max() <= 1e-5
+    assert (served - in_training[: len(TEXTS)]).abs().max() <= 1e-5
+
+
+def test_eos_at_the_end_of_a_text_is_where_the_reward_is_read(merged):
+    with_eos, without_eos = plain_rewards(merged["exact"], ["Human: hi</s>", "Human: hi"])
+    assert with_eos != pytest.approx(without_eos.item(), abs=1e-6)
+
+
+def test_default_merge_differs_from_the_trained_model_by_nf4_error_only(merged, trained):
+    trainer, _ = trained
+    scored = score(trainer.model, trainer.processing_class, TEXTS)
+    nf4_error = (plain_rewards(merged["fp32"], TEXTS) - scored).abs().max().item()
+    assert nf4_error < 0.1 * scored.abs().max().item() + 0.05
+
+
+def test_bf16_merge_is_written_in_bf16(merged):
+    config = json.loads((merged["bf16"] / "config.json").read_text())
+    assert config["dtype"] == "bfloat16"
+    assert (plain_rewards(merged["bf16"], TEXTS) - plain_rewards(merged["fp32"], TEXTS)).abs().max() < 0.05
