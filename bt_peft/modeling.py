@@ -72,7 +72,25 @@ class BradleyTerrySaveMixin:
         super().save_pretrained(save_directory, is_main_process=is_main_process, state_dict=state_dict, **kwargs)
 
 
-_BRADLEY_TERRY_CLASSES: dict[type, type] = {}
+_CLASS_PREFIX = "BradleyTerry_"
+
+
+def _bradley_terry_class(cls: type) -> type:
+    """The Bradley-Terry subclass of an architecture class, made once. It keeps the architecture's `__name__`
+    (what `config.architectures` records) and is reachable by pickle as `bt_peft.modeling.BradleyTerry_<name>`."""
+    qualname = _CLASS_PREFIX + cls.__name__
+    if qualname not in globals():
+        globals()[qualname] = type(cls.__name__, (BradleyTerrySaveMixin, cls), {"__module__": __name__, "__qualname__": qualname})
+    return globals()[qualname]
+
+
+def __getattr__(name: str) -> type:
+    """Rebuild a Bradley-Terry class on first lookup in a new process (unpickling)."""
+    if name.startswith(_CLASS_PREFIX):
+        import transformers
+
+        return _bradley_terry_class(getattr(transformers, name.removeprefix(_CLASS_PREFIX)))
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def as_bradley_terry(model: PreTrainedModel) -> PreTrainedModel:
@@ -81,12 +99,8 @@ def as_bradley_terry(model: PreTrainedModel) -> PreTrainedModel:
     The model keeps its architecture class as a base (and its class name, which `config.architectures`
     records), so `isinstance` checks, PEFT and other tools see the same model.
     """
-    cls = type(model)
-    if isinstance(model, BradleyTerrySaveMixin):
-        return model
-    if cls not in _BRADLEY_TERRY_CLASSES:
-        _BRADLEY_TERRY_CLASSES[cls] = type(cls.__name__, (BradleyTerrySaveMixin, cls), {"__module__": cls.__module__})
-    model.__class__ = _BRADLEY_TERRY_CLASSES[cls]
+    if not isinstance(model, BradleyTerrySaveMixin):
+        model.__class__ = _bradley_terry_class(type(model))
     configure_bradley_terry(model.config)
     return model
 

@@ -117,9 +117,9 @@ class BradleyTerryRewardTrainer(RewardTrainer):
         with torch.no_grad():
             gather = self.accelerator.gather_for_metrics
             chosen_all, rejected_all = gather(chosen.detach()), gather(rejected.detach())
-            metrics = self._metrics[mode]
-            metrics["accuracy"].append((chosen_all > rejected_all).float().mean().item())
-            metrics["margin"].append((chosen_all - rejected_all).mean().item())
-            metrics["chosen_reward"].append(chosen_all.mean().item())
-            metrics["rejected_reward"].append(rejected_all.mean().item())
+            metrics = self._metrics[mode]  # one value per pair, so the logged means are exact over pairs
+            metrics["accuracy"].extend((chosen_all > rejected_all).float().tolist())
+            metrics["margin"].extend((chosen_all - rejected_all).tolist())
+            metrics["chosen_reward"].extend(chosen_all.tolist())
+            metrics["rejected_reward"].extend(rejected_all.tolist())
         return (loss, outputs) if return_outputs else loss

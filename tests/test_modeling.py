@@ -155,3 +155,17 @@ def test_from_config_gives_two_label_model_with_bradley_terry_save(tmp_path):
     model.config.num_labels = 1
     model.save_pretrained(tmp_path)
     assert saved_config(tmp_path)["id2label"] == ID2LABEL_JSON
+
+
+def test_model_pickles_and_unpickles_in_a_new_process(tmp_path):
+    import pickle
+    import subprocess
+    import sys
+
+    model = AutoModelForBradleyTerry.from_config(tiny_llama_config(64))
+    (tmp_path / "model.pkl").write_bytes(pickle.dumps(model))
+    code = "import pickle, sys; m = pickle.load(open(sys.argv[1], 'rb')); m.save_pretrained(sys.argv[2]); print(type(m).__name__)"
+    result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "model.pkl"), str(tmp_path / "saved")],
+                            capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "LlamaForSequenceClassification"
+    assert '"1": "reward"' in (tmp_path / "saved" / "config.json").read_text()
