@@ -8,7 +8,7 @@ from pathlib import Path
 
 import datasets
 import torch
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
 from trl import ModelConfig, RewardConfig, ScriptArguments
 
 from .data import load_preference_file, to_prompt_and_responses
@@ -85,6 +85,7 @@ def train_reward_model(
         checkpoint (plain `AutoModelForSequenceClassification`) gives a few evaluation pairs next to `score`'s.
     """
     model_path = resolve_model(model_args.model_name_or_path)
+    set_seed(training_args.seed)  # the new head's initialisation is part of the run
     model, tokenizer = load_qlora_model(
         model_path,
         compute_dtype=getattr(torch, model_args.dtype),

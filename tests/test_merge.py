@@ -85,3 +85,27 @@ def test_bf16_merge_is_written_in_bf16(merged):
     config = json.loads((merged["bf16"] / "config.json").read_text())
     assert config["dtype"] == "bfloat16"
     assert (plain_rewards(merged["bf16"], TEXTS) - plain_rewards(merged["fp32"], TEXTS)).abs().max() < 0.05
+
+
+def test_what_you_train_is_what_you_serve_on_smollm2_and_hh_data(tmp_path, hh_dir):
+    """The same guarantee on a real pretrained model (SmolLM2-135M, real tokenizer, pad `<|endoftext|>` while eos is
+    `<|im_end|>`), trained in 4-bit on real HH-RLHF pairs, with texts ending in eos."""
+    from datasets import Dataset
+
+    from bt_peft import BradleyTerryRewardTrainer, load_qlora_model
+    from bt_peft.embedded import smollm2_checkpoint
+    from conftest import fp32_args
+
+    model, tokenizer = load_qlora_model(smollm2_checkpoint(), compute_dtype=torch.float32, gradient_checkpointing=False)
+    rows = Dataset.from_json(str(hh_dir / "train.jsonl")).select(range(8))
+    trainer = BradleyTerryRewardTrainer(model=model, args=fp32_args(tmp_path, max_steps=2, per_device_train_batch_size=2,
+                                        max_length=96, gradient_checkpointing=False, learning_rate=1e-3),
+                                        train_dataset=rows, processing_class=tokenizer)
+    trainer.train()
+    trainer.save_model(str(tmp_path / "adapter"))
+    merged = merge_and_save(tmp_path / "adapter", tmp_path / "merged", dtype=torch.float32, from_4bit=True)
+    texts = [row["chosen"][-300:] for row in rows.select(range(3))] + ["\n\nHuman: hi\n\nAssistant: Hello!<|im_end|>"]
+    trainer.model.eval()
+    for padding_side in ("right", "left"):
+        served = plain_rewards(merged, texts, padding_side)
+        assert (served - score(trainer.model, tokenizer, texts)).abs().max() <= 1e-4
