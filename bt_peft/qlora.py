@@ -33,6 +33,8 @@ ATTENTION_PROJECTIONS = {
 }
 """LoRA targets by `config.model_type`: the attention projections of each architecture."""
 
+FP16_WARNING = "fp16 is prone to NaN losses with score heads (peft#1522, trl#3236); prefer bf16"
+
 HEAD_NAMES = ("score", "classifier")
 """Attribute names of sequence-classification heads in transformers (decoders: `score`; encoders: `classifier`)."""
 
@@ -170,7 +172,7 @@ def load_qlora_model(
         pad token (distinct from eos where the vocabulary allows) equals `model.config.pad_token_id`.
     """
     if compute_dtype == torch.float16:
-        warnings.warn("fp16 is prone to NaN losses with score heads (peft#1522, trl#3236); prefer bf16", stacklevel=2)
+        warnings.warn(FP16_WARNING, stacklevel=2)
     quantization = BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",

@@ -1,6 +1,7 @@
 """`BradleyTerryRewardTrainer`: TRL's `RewardTrainer` on a 2-label head, reward `logits[:, 1]`."""
 
 import contextlib
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,7 +15,7 @@ from trl.trainer.utils import get_config_model_id
 from .data import prepare_preference_dataset
 from .loss import bradley_terry_loss
 from .modeling import configure_bradley_terry
-from .qlora import add_lora, load_reward_model
+from .qlora import FP16_WARNING, add_lora, load_reward_model
 from .reward import bt_reward
 from .tokenizer import eos_ids_of, load_tokenizer
 
@@ -66,6 +67,8 @@ class BradleyTerryRewardTrainer(RewardTrainer):
         if isinstance(train_dataset, IterableDataset):
             raise TypeError("BradleyTerryRewardTrainer needs a map-style datasets.Dataset (streaming is not supported)")
         args = args or RewardConfig(output_dir="bt-reward-model")
+        if args.fp16:
+            warnings.warn(FP16_WARNING, stacklevel=2)
         if isinstance(model, str):
             init_kwargs = dict(args.model_init_kwargs or {})
             init_kwargs.setdefault("trust_remote_code", args.trust_remote_code)
