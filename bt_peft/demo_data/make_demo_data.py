@@ -557,24 +557,29 @@ def item(topic: str, question: str, answer: str, wrong: str) -> dict:
     return {"topic": topic, "question": question, "answer": answer, "wrong": wrong}
 
 
+def fact_items(rng: random.Random, topic: str, facts: list[tuple[str, str]], pool: list[str],
+               questions: list[str], answer: str) -> list[dict]:
+    """One item per (subject, fact): the chosen reply states the fact, the rejected one a wrong fact from `pool`.
+    `questions` and `answer` are templates over `{s}` (the subject) and `{x}` (the fact)."""
+    items = []
+    for subject, fact in facts:
+        wrong = pick(rng, [x for x in pool if x != fact])
+        question = pick(rng, questions).format(s=subject)
+        items.append(item(topic, question, answer.format(s=subject, x=fact), answer.format(s=subject, x=wrong)))
+    return items
+
+
 def fixed_items(rng: random.Random) -> list[dict]:
     items = []
     for topic, rows in (("programming", PROGRAMMING), ("cooking", COOKING), ("travel", TRAVEL),
                         ("health", HEALTH), ("science", SCIENCE)):
         items += [item(topic, q, a, w) for q, a, w in rows]
 
-    capitals = [c for _, c in CAPITALS]
-    for country, capital in CAPITALS:
-        wrong = pick(rng, [c for c in capitals if c != capital])
-        q = pick(rng, ["What is the capital of {c}?", "Which city is the capital of {c}?",
-                       "What's the capital city of {c}?"]).format(c=country)
-        a = "The capital of {c} is {x}."
-        items.append(item("geography", q, a.format(c=country, x=capital), a.format(c=country, x=wrong)))
-    for country, continent in CONTINENTS:
-        wrong = pick(rng, [c for c in CONTINENT_NAMES if c != continent])
-        q = pick(rng, ["Which continent is {c} in?", "On which continent is {c}?"]).format(c=country)
-        a = "{c} is in {x}."
-        items.append(item("geography", q, a.format(c=country, x=continent), a.format(c=country, x=wrong)))
+    items += fact_items(rng, "geography", CAPITALS, [c for _, c in CAPITALS],
+                        ["What is the capital of {s}?", "Which city is the capital of {s}?",
+                         "What's the capital city of {s}?"], "The capital of {s} is {x}.")
+    items += fact_items(rng, "geography", CONTINENTS, CONTINENT_NAMES,
+                        ["Which continent is {s} in?", "On which continent is {s}?"], "{s} is in {x}.")
 
     for animal, legs, kind in LEGS:
         wrong = pick(rng, [n for n in (2, 4, 6, 8, 10, 12) if n != legs])
@@ -582,12 +587,8 @@ def fixed_items(rng: random.Random) -> list[dict]:
         q = pick(rng, ["How many legs does a {a} have?", "How many legs has a {a} got?"]).format(a=animal)
         a = "A {a} has {n} legs" + (f", {note}." if note else ".")
         items.append(item("animals", q, a.format(a=animal, n=legs), a.format(a=animal, n=wrong)))
-    babies = [b for _, b in BABIES]
-    for animal, baby in BABIES:
-        wrong = pick(rng, [b for b in babies if b != baby])
-        q = pick(rng, ["What is a baby {a} called?", "What do you call a young {a}?"]).format(a=animal)
-        a = "A baby {a} is called a {b}."
-        items.append(item("animals", q, a.format(a=animal, b=baby), a.format(a=animal, b=wrong)))
+    items += fact_items(rng, "animals", BABIES, [b for _, b in BABIES],
+                        ["What is a baby {s} called?", "What do you call a young {s}?"], "A baby {s} is called a {x}.")
 
     for word, antonym, synonym in ANTONYMS:
         q = pick(rng, ["What is the opposite of \"{w}\"?", "What's a word that means the opposite of \"{w}\"?"])
@@ -625,36 +626,42 @@ def fixed_items(rng: random.Random) -> list[dict]:
     return items
 
 
+def arithmetic_item(rng: random.Random, questions: list[str], answers: list[str] | str,
+                    a: int, b: int, c: int, wrong: int) -> dict:
+    """A math item over templates in `{a}`, `{b}` and the result `{c}`: right result `c`, wrong result `wrong`.
+    `answers` is one template, or a list to pick one from."""
+    question = pick(rng, questions)
+    answer = answers if isinstance(answers, str) else pick(rng, answers)
+    return item("math", question.format(a=a, b=b), answer.format(a=a, b=b, c=c), answer.format(a=a, b=b, c=wrong))
+
+
 def math_item(rng: random.Random, kind: str) -> tuple[tuple, dict]:
     """One arithmetic item; returns (dedup key, item). All results are computed here."""
     if kind == "add":
         a, b = rng.randint(11, 99), rng.randint(11, 99)
         c, w = a + b, a + b + pick(rng, [-10, -2, -1, 1, 2, 10])
-        q = pick(rng, ["What is {a} plus {b}?", "What is {a} + {b}?", "Can you add {a} and {b} for me?"])
-        ans = pick(rng, ["{a} plus {b} is {c}.", "{a} + {b} = {c}."])
-        return ("add", min(a, b), max(a, b)), item("math", q.format(a=a, b=b), ans.format(a=a, b=b, c=c),
-                                                   ans.format(a=a, b=b, c=w))
+        return ("add", min(a, b), max(a, b)), arithmetic_item(
+            rng, ["What is {a} plus {b}?", "What is {a} + {b}?", "Can you add {a} and {b} for me?"],
+            ["{a} plus {b} is {c}.", "{a} + {b} = {c}."], a, b, c, w)
     if kind == "sub":
         a, b = rng.randint(30, 150), rng.randint(5, 29)
         c, w = a - b, a - b + pick(rng, [-10, -1, 1, 10])
-        q = pick(rng, ["What is {a} minus {b}?", "What is {a} - {b}?", "Can you subtract {b} from {a}?"])
-        ans = pick(rng, ["{a} minus {b} is {c}.", "{a} - {b} = {c}."])
-        return ("sub", a, b), item("math", q.format(a=a, b=b), ans.format(a=a, b=b, c=c), ans.format(a=a, b=b, c=w))
+        return ("sub", a, b), arithmetic_item(
+            rng, ["What is {a} minus {b}?", "What is {a} - {b}?", "Can you subtract {b} from {a}?"],
+            ["{a} minus {b} is {c}.", "{a} - {b} = {c}."], a, b, c, w)
     if kind == "mul":
         a, b = rng.randint(3, 12), rng.randint(3, 12)
         c, w = a * b, a * b + pick(rng, [-a, a, -b, b, 1, -1])
         if w == c:
             w = c + 1
-        q = pick(rng, ["What is {a} times {b}?", "What is {a} x {b}?", "Can you multiply {a} by {b}?"])
-        ans = pick(rng, ["{a} times {b} is {c}.", "{a} x {b} = {c}."])
-        return ("mul", min(a, b), max(a, b)), item("math", q.format(a=a, b=b), ans.format(a=a, b=b, c=c),
-                                                   ans.format(a=a, b=b, c=w))
+        return ("mul", min(a, b), max(a, b)), arithmetic_item(
+            rng, ["What is {a} times {b}?", "What is {a} x {b}?", "Can you multiply {a} by {b}?"],
+            ["{a} times {b} is {c}.", "{a} x {b} = {c}."], a, b, c, w)
     if kind == "div":
         b, c = rng.randint(2, 12), rng.randint(2, 12)
         a, w = b * c, c + pick(rng, [-1, 1, 2])
-        q = pick(rng, ["What is {a} divided by {b}?", "What is {a} / {b}?"])
-        ans = "{a} divided by {b} is {c}."
-        return ("div", a, b), item("math", q.format(a=a, b=b), ans.format(a=a, b=b, c=c), ans.format(a=a, b=b, c=w))
+        return ("div", a, b), arithmetic_item(
+            rng, ["What is {a} divided by {b}?", "What is {a} / {b}?"], "{a} divided by {b} is {c}.", a, b, c, w)
     if kind == "apples":
         fruit = pick(rng, ["apples", "oranges", "cookies", "pencils", "stickers", "marbles"])
         n, k = rng.randint(8, 40), rng.randint(2, 7)
