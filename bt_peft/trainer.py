@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from datasets import Dataset, IterableDataset
 from peft import PeftConfig
-from transformers import BitsAndBytesConfig, PreTrainedModel
+from transformers import AutoTokenizer, BitsAndBytesConfig, PreTrainedModel
 from trl import RewardConfig, RewardTrainer
 from trl.trainer.utils import get_config_model_id
 
@@ -17,7 +17,7 @@ from .loss import bradley_terry_loss
 from .modeling import configure_bradley_terry
 from .qlora import FP16_WARNING, add_lora, load_reward_model
 from .reward import bt_reward
-from .tokenizer import eos_ids_of, load_tokenizer
+from .tokenizer import choose_pad_token, eos_ids_of
 
 
 @contextlib.contextmanager
@@ -45,6 +45,8 @@ class BradleyTerryRewardTrainer(RewardTrainer):
       trained and saved with the adapter.
     - loss: `-logsigmoid(r_c - r_r - margin)` (+ `center_rewards_coefficient * mean((r_c + r_r) ** 2)`) with
       `r = bt_reward(logits)`.
+    - pad token: an unused special token distinct from eos where the tokenizer has one (`choose_pad_token`),
+      so the reward is read at the true last token in training and in any tool serving the checkpoint.
     - data: pairs longer than `max_length` are kept, their prompt cut from the left; what was truncated or
       skipped is printed and kept in `preparation_reports`.
     - trainable parameters keep the dtype the model was given (TRL casts QLoRA adapters and head to bf16).
@@ -81,9 +83,10 @@ class BradleyTerryRewardTrainer(RewardTrainer):
                 "load it with AutoModelForBradleyTerry or load_qlora_model"
             )
         if processing_class is None:
-            processing_class = load_tokenizer(
-                get_config_model_id(model.config), eos_ids=eos_ids_of(model.config), trust_remote_code=args.trust_remote_code
+            processing_class = AutoTokenizer.from_pretrained(
+                get_config_model_id(model.config), trust_remote_code=args.trust_remote_code
             )
+        processing_class.pad_token = choose_pad_token(processing_class, eos_ids_of(model.config))
         self.preparation_reports = {}
         trainable = {name: param.data for name, param in model.named_parameters() if param.requires_grad}
         with _shown_to_trl_as_single_label(model):

@@ -145,3 +145,12 @@ def test_saved_adapter_reloads_with_peft_and_gives_the_same_rewards(qlora, tmp_p
         expected = bt_reward(trainer.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits)
         actual = bt_reward(reloaded(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits)
     assert torch.allclose(actual, expected, atol=1e-6)
+
+
+def test_a_tokenizer_padding_with_eos_gets_a_distinct_pad_token(qlora, tmp_path):
+    model, tokenizer = qlora
+    tokenizer.pad_token = tokenizer.eos_token
+    trainer = BradleyTerryRewardTrainer(model=model, args=fp32_args(tmp_path), processing_class=tokenizer,
+                                        train_dataset=Dataset.from_list(preference_rows()))
+    assert trainer.processing_class.pad_token == "<|endoftext|>"
+    assert trainer.model.config.pad_token_id == trainer.processing_class.pad_token_id != tokenizer.eos_token_id
