@@ -5,9 +5,9 @@ from pathlib import Path
 
 import torch
 from peft import PeftConfig, PeftModel
-from transformers import AutoTokenizer, BitsAndBytesConfig
+from transformers import AutoTokenizer
 
-from .qlora import load_reward_model
+from .qlora import load_reward_model, nf4_config
 
 
 def merge_and_save(
@@ -40,10 +40,7 @@ def merge_and_save(
     """
     base = base_model_name_or_path or PeftConfig.from_pretrained(adapter_dir).base_model_name_or_path
     if from_4bit:
-        quantization = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype
-        )
-        model = load_reward_model(base, quantization, dtype=dtype, device_map={"": "cpu"})
+        model = load_reward_model(base, nf4_config(dtype), dtype=dtype, device_map={"": "cpu"})
         model = model.dequantize(dtype=dtype)
     else:
         model = load_reward_model(base, dtype=dtype)

@@ -49,14 +49,28 @@ def lora_targets(config: PretrainedConfig) -> list[str]:
     return list(ATTENTION_PROJECTIONS[config.model_type])
 
 
+def head_of(model: torch.nn.Module) -> str:
+    """Name of the classification head attribute of a sequence-classification model."""
+    for name in HEAD_NAMES:
+        if isinstance(getattr(model, name, None), torch.nn.Module):
+            return name
+    raise ValueError(f"{type(model).__name__} has none of the head attributes {HEAD_NAMES}")
+
+
 def head_name(config: PretrainedConfig) -> str:
     """Name of the classification head of the architecture, found on the meta device (no weights)."""
     with torch.device("meta"):
-        skeleton = AutoModelForSequenceClassification.from_config(config)
-    for name in HEAD_NAMES:
-        if isinstance(getattr(skeleton, name, None), torch.nn.Module):
-            return name
-    raise ValueError(f"{type(skeleton).__name__} has none of the head attributes {HEAD_NAMES}")
+        return head_of(AutoModelForSequenceClassification.from_config(config))
+
+
+def nf4_config(compute_dtype: torch.dtype) -> BitsAndBytesConfig:
+    """The 4-bit quantization of training (and of the exact merge): NF4 with double quant."""
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute_dtype,
+    )
 
 
 def _cast_input_to_weight_dtype(module: torch.nn.Module, args: tuple) -> tuple:
@@ -132,7 +146,7 @@ def add_lora(model: PreTrainedModel, lora_config: LoraConfig) -> PeftModel:
     Returns:
         `PeftModel`; the trainable parameter count is printed.
     """
-    head = head_name(model.config)
+    head = head_of(model)
     modules_to_save = list(lora_config.modules_to_save or [])
     lora_config = dataclasses.replace(lora_config, modules_to_save=modules_to_save + [head] * (head not in modules_to_save))
     model = get_peft_model(model, lora_config)
@@ -173,15 +187,9 @@ def load_qlora_model(
     """
     if compute_dtype == torch.float16:
         warnings.warn(FP16_WARNING, stacklevel=2)
-    quantization = BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type="nf4",
-        bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=compute_dtype,
-    )
     model = load_reward_model(
         model_name_or_path,
-        quantization,
+        nf4_config(compute_dtype),
         dtype=compute_dtype,
         attn_implementation=attn_implementation,
         device_map=device_map or default_device_map(),

@@ -2,15 +2,14 @@ import pytest
 import torch
 from datasets import Dataset
 from peft import LoraConfig, PeftModel
-from transformers import AutoModelForSequenceClassification, BitsAndBytesConfig
+from transformers import AutoModelForSequenceClassification
 from trl import RewardTrainer
 
 from bt_peft import BradleyTerryRewardTrainer, bt_reward, load_qlora_model
-from bt_peft.qlora import load_reward_model
+from bt_peft.qlora import load_reward_model, nf4_config
 from conftest import fp32_args, preference_rows
 
-NF4 = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                         bnb_4bit_compute_dtype=torch.float32)
+NF4 = nf4_config(torch.float32)
 
 
 @pytest.fixture
