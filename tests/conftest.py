@@ -93,6 +93,7 @@ def trained(tiny_llama_dir, tmp_path_factory):
     from bt_peft import BradleyTerryRewardTrainer, load_qlora_model
 
     output = tmp_path_factory.mktemp("trained")
+    torch.manual_seed(0)  # the new head's initialisation: the same model whichever tests ran first
     model, tokenizer = load_qlora_model(tiny_llama_dir, compute_dtype=torch.float32)
     trainer = BradleyTerryRewardTrainer(model=model, args=fp32_args(output, max_steps=6),
                                         train_dataset=Dataset.from_list(preference_rows()), processing_class=tokenizer)
