@@ -7,6 +7,8 @@ from typing import Any, Callable
 import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, PretrainedConfig, PreTrainedModel
 
+from .safe_loading import safe_pretrained_kwargs
+
 logger = logging.getLogger(__name__)
 
 ID2LABEL = {0: "unused", 1: "reward"}
@@ -115,12 +117,15 @@ class AutoModelForBradleyTerry(AutoModelForSequenceClassification):
     """
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *model_args: Any, **kwargs: Any) -> PreTrainedModel:
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *model_args: Any, allow_pickle: bool = False,
+                        **kwargs: Any) -> PreTrainedModel:
         """Load a 2-label reward model from a causal-LM checkpoint (new head) or a trained reward checkpoint.
 
         Args:
             pretrained_model_name_or_path (`str`): Hub model id or local directory.
             *model_args: passed on to the model's `__init__`.
+            allow_pickle (`bool`): load pickle weights (`pytorch_model.bin`); off by default, such a checkpoint is
+                refused with a `PickleCheckpointError` (see `bt_peft.safe_loading`).
             **kwargs: passed on to `AutoModelForSequenceClassification.from_pretrained` (`dtype`/`torch_dtype`,
                 `attn_implementation`, `quantization_config`, `device_map`, …). `num_labels` and the label
                 fields of `config` are overridden: the head always has 2 labels.
@@ -129,8 +134,10 @@ class AutoModelForBradleyTerry(AutoModelForSequenceClassification):
             `PreTrainedModel`: the concrete architecture (e.g. `LlamaForSequenceClassification`) with
             `config.num_labels == 2`, `config.pad_token_id` set (the eos id when it was unset), and the
             Bradley-Terry `save_pretrained`. A checkpoint whose head has another number of labels gets a
-            new 2-label head, with a warning.
+            new 2-label head, with a warning. `trust_remote_code` is False unless passed: a checkpoint that
+            needs custom code raises transformers' `ValueError` instead of running it.
         """
+        kwargs = safe_pretrained_kwargs(pretrained_model_name_or_path, allow_pickle, kwargs)
         kwargs.pop("num_labels", None)
         config = kwargs.pop("config", None)
         if config is None:
