@@ -1,4 +1,8 @@
 import json
+import os
+import signal
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -7,6 +11,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from bt_peft import AutoModelForBradleyTerry, bt_reward, merge_and_save, score
 from conftest import preference_rows
+from test_streaming_merge import random_adapter, random_base, weights
 
 TEXTS = [row["prompt"] + row[side] for row in preference_rows(1) for side in ("chosen", "rejected")]
 TEXTS += ["Human: hi</s>", "Human: how do I bake bread? Assistant: Go away.</s>"]  # texts that end in eos
@@ -41,6 +46,8 @@ def test_merged_checkpoint_is_a_plain_two_label_safetensors_checkpoint(merged, t
     tokenizer = AutoTokenizer.from_pretrained(directory)
     assert tokenizer.pad_token == "<|endoftext|>" and tokenizer.pad_token_id == config["pad_token_id"]
     assert AutoModelForSequenceClassification.from_pretrained(directory).config.num_labels == 2
+    assert "logits[:, 1]" in (directory / "README.md").read_text()  # the model card
+    assert [path.name for path in directory.parent.iterdir() if path.name.startswith(".")] == []  # no staging left
 
 
 def test_merged_equals_adapter_on_the_same_dtype_base(merged, trained, tiny_llama_dir):
@@ -62,9 +69,9 @@ def test_what_you_train_is_what_you_serve(merged, trained, padding_side):
     scored = score(trainer.model, trainer.processing_class, TEXTS)
     rows = [{"prompt": "", "chosen": text, "rejected": "x"} for text in TEXTS]
     prepared = trainer._prepare_dataset(trainer.train_dataset.from_list(rows), trainer.processing_class, trainer.args, "serve")
-    batch = trainer.data_collator(list(prepared))
+    batch = trainer.data_collator(list(prepared))  # packed or padded, whichever the trainer trains with
     with torch.no_grad():
-        in_training = bt_reward(trainer.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits)
+        in_training = bt_reward(trainer.compute_loss(trainer.model, batch, return_outputs=True)[1].logits)
     assert (served - scored).abs().max() <= 1e-5
     assert (served - in_training[: len(TEXTS)]).abs().max() <= 1e-5
 
@@ -111,3 +118,64 @@ def test_what_you_train_is_what_you_serve_on_smollm2_and_hh_data(tmp_path, hh_di
     for padding_side in ("right", "left"):
         served = plain_rewards(merged, texts, padding_side)
         assert (served - score(trainer.model, tokenizer, texts)).abs().max() <= 1e-4
+
+
+def test_a_non_empty_output_dir_is_refused_unless_overwrite(trained, tmp_path):
+    _, adapter = trained
+    target = tmp_path / "merged"
+    target.mkdir()
+    (target / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="not empty; pass overwrite=True"):
+        merge_and_save(adapter, target, dtype=torch.float32)
+    assert [path.name for path in target.iterdir()] == ["notes.txt"]
+    merge_and_save(adapter, target, dtype=torch.float32, overwrite=True)
+    assert not (target / "notes.txt").exists() and (target / "config.json").is_file()
+
+
+CHILD_MERGE = (
+    "import sys, torch; from bt_peft import merge_and_save; "
+    "merge_and_save(sys.argv[1], sys.argv[2], dtype=torch.float32, max_shard_size='20KB', overwrite=sys.argv[3] == '1')"
+)
+
+
+@pytest.fixture(scope="module")
+def many_shards(tmp_path_factory):
+    """An 8-layer tiny Llama and an adapter: merged in 20 KB shards it writes ~60 shards over a second or more."""
+    root = tmp_path_factory.mktemp("many-shards")
+    base = random_base(root / "base", hidden_size=128, intermediate_size=256, num_hidden_layers=8)
+    return random_adapter(base, root / "adapter")
+
+
+def kill_merge_midway(adapter, target, overwrite: bool, log) -> None:
+    """Run a real merge in a subprocess and SIGKILL it as soon as it reports its first written shard."""
+    with open(log, "w") as stderr:
+        child = subprocess.Popen([sys.executable, "-c", CHILD_MERGE, str(adapter), str(target), str(int(overwrite))],
+                                 stdout=subprocess.PIPE, stderr=stderr, text=True)
+        for line in child.stdout:
+            if line.startswith("bt-peft merge: wrote model-00001-of-"):
+                os.kill(child.pid, signal.SIGKILL)
+                break
+        child.wait()
+    assert child.returncode == -signal.SIGKILL, f"the merge was not killed midway:\n{log.read_text()[-2000:]}"
+    (staging,) = target.parent.glob(f".{target.name}.tmp-*")
+    assert list(staging.glob("*.safetensors")) and not (staging / "config.json").exists()  # it was halfway
+
+
+def test_a_killed_merge_leaves_no_target_and_a_new_merge_succeeds(many_shards, tmp_path):
+    target = tmp_path / "merged"
+    kill_merge_midway(many_shards, target, overwrite=False, log=tmp_path / "child.log")
+    assert not target.exists()
+    merge_and_save(many_shards, target, dtype=torch.float32, max_shard_size="20KB")
+    assert AutoModelForSequenceClassification.from_pretrained(target).config.num_labels == 2
+
+
+def test_a_killed_overwriting_merge_keeps_the_old_checkpoint(many_shards, tmp_path):
+    target = merge_and_save(many_shards, tmp_path / "merged", dtype=torch.float32, max_shard_size="20KB")
+    files, before = sorted(path.name for path in target.iterdir()), weights(target)
+    kill_merge_midway(many_shards, target, overwrite=True, log=tmp_path / "child.log")
+    assert sorted(path.name for path in target.iterdir()) == files
+    after = weights(target)
+    assert after.keys() == before.keys() and all(torch.equal(after[key], before[key]) for key in before)
+    assert AutoModelForSequenceClassification.from_pretrained(target).config.num_labels == 2
+    merge_and_save(many_shards, target, dtype=torch.float32, overwrite=True)
+    assert (target / "model.safetensors").is_file() and not (target / "model.safetensors.index.json").exists()
