@@ -1,0 +1,42 @@
+"""`BradleyTerryRewardConfig`: TRL's `RewardConfig` plus the switches of shared-prefix packing."""
+
+from dataclasses import dataclass, field
+
+from trl import RewardConfig
+
+
+@dataclass
+class BradleyTerryRewardConfig(RewardConfig):
+    """`trl.RewardConfig` with the batch layout of `BradleyTerryRewardTrainer` (see `bt_peft.packing`).
+
+    Attributes:
+        packing (`bool`): shared-prefix packing: a pair is one sequence `prompt | chosen reply | rejected reply`
+            whose rejected reply sees the prompt but not the chosen reply, so the prompt is computed once.
+            Default on.
+        padding_free (`bool`): several pairs share one row (block-diagonal attention) up to
+            `max_tokens_per_row`, instead of padding every row to the longest. Default on.
+        max_tokens_per_row (`int`, *optional*): token budget of a padding-free row; default (None): the longest
+            pair of the batch, so rows are never longer than without padding-free batches, only fewer. A pair
+            longer than the budget gets a row of its own.
+
+    Rows vary with the data; `per_device_train_batch_size` stays the number of pairs per step. Models whose
+    architecture cannot take the custom mask (encoders such as BERT, FlashAttention) fall back to standard padded
+    batches, logged once. A plain `RewardConfig` given to the trainer gets these defaults.
+    """
+
+    packing: bool = field(default=True, metadata={"help": "shared-prefix packing: the prompt of a pair is computed once"})
+    padding_free: bool = field(default=True, metadata={"help": "pack several pairs per row up to max_tokens_per_row"})
+    max_tokens_per_row: int | None = field(
+        default=None, metadata={"help": "token budget of a padding-free row (default: the longest pair of the batch)"}
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.max_tokens_per_row is not None and self.max_tokens_per_row < 2:
+            raise ValueError(f"max_tokens_per_row must be at least 2 (one token per reply), got {self.max_tokens_per_row}")
+
+
+def packing_options(args: RewardConfig) -> tuple[bool, bool, int | None]:
+    """(packing, padding_free, max_tokens_per_row) of any `RewardConfig`; a plain one gets the defaults above."""
+    names = ("packing", "padding_free", "max_tokens_per_row")
+    return tuple(getattr(args, name, getattr(BradleyTerryRewardConfig, name)) for name in names)
