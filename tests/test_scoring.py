@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from bt_peft import bt_reward, score
+from bt_peft import bt_reward, score, score_ids
 from bt_peft.data import encode
 from conftest import preference_rows
 
@@ -61,9 +61,9 @@ def test_max_length_cuts_from_the_left_keeping_bos(trained):
 def test_scores_match_the_trainer_rewards(trained):
     trainer, _ = trained
     rows = preference_rows(1)
-    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(rows))])
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(rows))])  # packed or padded, as trained
     with torch.no_grad():
-        in_training = bt_reward(trainer.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits)
+        in_training = bt_reward(trainer.compute_loss(trainer.model, batch, return_outputs=True)[1].logits)
     texts = [row["prompt"] + row["chosen"] for row in rows] + [row["prompt"] + row["rejected"] for row in rows]
     assert torch.allclose(score(trainer.model, trainer.processing_class, texts), in_training, atol=1e-5)
 
@@ -86,3 +86,21 @@ def test_training_mode_is_restored(trained):
     score(trainer.model, trainer.processing_class, TEXTS[:2])
     assert trainer.model.training
     trainer.model.eval()
+
+
+def test_score_ids_is_the_loop_behind_score(trained):
+    trainer, _ = trained
+    tokenizer = trainer.processing_class
+    ids = [encode(tokenizer, text) for text in TEXTS]
+    assert torch.equal(score_ids(trainer.model, tokenizer, ids, batch_size=3), score(trainer.model, tokenizer, TEXTS, batch_size=3))
+    with pytest.raises(ValueError, match="batch_size"):
+        score_ids(trainer.model, tokenizer, ids, batch_size=0)
+
+
+def test_progress_bar_is_optional(trained, capsys):
+    trainer, _ = trained
+    score(trainer.model, trainer.processing_class, TEXTS, batch_size=4)
+    assert "scoring" not in capsys.readouterr().err
+    score(trainer.model, trainer.processing_class, TEXTS, batch_size=4, progress=True)
+    err = capsys.readouterr().err
+    assert "scoring: 100%" in err and "3/3" in err  # 9 texts in batches of 4
