@@ -1,0 +1,307 @@
+"""`bt-peft`: the command line. Subcommands `train`, `eval`, `score`, `merge` and `plan`.
+
+    bt-peft train --config recipes/configs/demo_smollm2.yaml --max_steps 20
+    bt-peft eval outputs/demo-smollm2/merged bt_peft:demo --compare bt_peft:smollm2 --output_dir eval
+    bt-peft score outputs/demo-smollm2/merged texts.jsonl --output rewards.jsonl
+    bt-peft merge outputs/demo-smollm2/adapter merged --dtype float32 --from_4bit
+    bt-peft plan llama-3-8b --batch_size 4 --pair_length 1024 --gpu_gb 24
+
+Each subcommand's options are a dataclass parsed by `transformers.HfArgumentParser` (help from the field metadata);
+`train` hands its arguments to the recipe's `TrlParser` (`bt_peft.pipeline.run_recipe`).
+"""
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Literal
+
+import torch
+from peft import PeftConfig
+from transformers import HfArgumentParser
+
+from .data import _form, load_preference_file  # _form checks a conversation message by message
+from .evaluation import evaluate_pairs, write_json_atomically
+from .loading import load_for_scoring
+from .merge import merge_and_save
+from .model_card import hub_id, push_to_hub, write_model_card
+from .pipeline import DEMO_DATA, BradleyTerryScriptArguments, load_split, run_recipe
+from .planning import plan_memory
+from .plots import plot_evaluation
+from .scoring import score
+
+Dtype = Literal["bfloat16", "float32", "float16"]
+
+
+@dataclass
+class EvalOptions:
+    """Options of `bt-peft eval MODEL DATA`."""
+
+    split: str = field(default="dev", metadata={"help": "split of a data directory (<split>.jsonl), bt_peft:demo or a Hub dataset"})
+    max_samples: int | None = field(default=None, metadata={"help": "evaluate the first N pairs only"})
+    max_length: int | None = field(default=None, metadata={"help": "cut longer pairs from the left, as in training (pass the training max_length)"})
+    batch_size: int = field(default=16, metadata={"help": "sequences per forward"})
+    dtype: Dtype = field(default="float32", metadata={"help": "compute dtype (4-bit compute dtype for an adapter directory)"})
+    compare: str | None = field(default=None, metadata={"help": "a second model (e.g. the untrained base) evaluated on the same pairs and plotted side by side"})
+    output_dir: str | None = field(default=None, metadata={"help": "write evaluation.json and the PNG plots there"})
+
+
+@dataclass
+class ScoreOptions:
+    """Options of `bt-peft score MODEL INPUT`."""
+
+    output: str | None = field(default=None, metadata={"help": "output JSONL (default: standard output)"})
+    max_length: int | None = field(default=None, metadata={"help": "cut longer texts from the left, as in training"})
+    batch_size: int = field(default=16, metadata={"help": "sequences per forward"})
+    dtype: Dtype = field(default="float32", metadata={"help": "compute dtype (4-bit compute dtype for an adapter directory)"})
+
+
+@dataclass
+class MergeOptions:
+    """Options of `bt-peft merge ADAPTER OUTPUT`."""
+
+    dtype: Dtype = field(default="bfloat16", metadata={"help": "dtype of the merged weights (use the training compute dtype with --from_4bit)"})
+    from_4bit: bool = field(default=False, metadata={"help": "exact route: merge into the NF4-dequantized base, as trained"})
+    base_model: str | None = field(default=None, metadata={"help": "base model (default: the adapter config's base_model_name_or_path)"})
+    max_shard_size: str = field(default="5GB", metadata={"help": "safetensors shard size"})
+    low_memory: bool = field(default=True, metadata={"help": "streaming merge, one weight at a time (false: whole base in RAM, any architecture)"})
+    overwrite: bool = field(default=False, metadata={"help": "replace a non-empty OUTPUT directory"})
+    push_to_hub: str | None = field(default=None, metadata={"help": "Hub repo id (owner/name) to upload the merged checkpoint to"})
+    private: bool = field(default=True, metadata={"help": "create the Hub repo private"})
+
+
+@dataclass
+class PlanOptions:
+    """Options of `bt-peft plan CONFIG`."""
+
+    batch_size: int = field(default=1, metadata={"help": "pairs per device step (per_device_train_batch_size)"})
+    pair_length: int = field(default=1024, metadata={"help": "tokens of one side of a pair, prompt + reply (max_length)"})
+    packing: bool = field(default=True, metadata={"help": "a pair is one sequence prompt + chosen + rejected"})
+    prompt_fraction: float = field(default=0.5, metadata={"help": "share of pair_length that is prompt (with packing)"})
+    gradient_checkpointing: bool = field(default=True, metadata={"help": "non-reentrant gradient checkpointing"})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
+    compute_dtype: Dtype = field(default="bfloat16", metadata={"help": "4-bit compute dtype"})
+    gpu_gb: float | None = field(default=None, metadata={"help": "your GPU's memory in GiB, added to the verdicts (8, 12, 16, 24, 80 GB)"})
+
+
+def _options(cls: type, namespace: argparse.Namespace):
+    """The dataclass `cls` filled from the parsed namespace."""
+    return cls(**{f.name: getattr(namespace, f.name) for f in fields(cls)})
+
+
+def _label(model: str) -> str:
+    """Short name of a model for reports and plots: the last path component (a `bt_peft:` name as is)."""
+    return Path(model).name or model
+
+
+def load_eval_data(data: str, split: str, max_samples: int | None):
+    """Preference pairs for `eval`: a .jsonl/.json file, a directory of `<split>.jsonl`, `bt_peft:demo` or a Hub
+    dataset id. Returns a `datasets.Dataset`, cut to its first `max_samples` rows when set; raises
+    `FileNotFoundError` for a path that does not exist."""
+    if Path(data).is_file() or Path(data).suffix in (".jsonl", ".json"):
+        dataset = load_preference_file(data)
+        return dataset.select(range(min(max_samples, len(dataset)))) if max_samples else dataset
+    if data != DEMO_DATA and not Path(data).is_dir() and hub_id(data) is None:
+        raise FileNotFoundError(f"data {data!r}: no such file or directory (nor bt_peft:demo or a Hub dataset id)")
+    return load_split(BradleyTerryScriptArguments(dataset_name=data), split, max_samples)
+
+
+def summary_line(name: str, results: dict) -> str:
+    """One line of `evaluate_pairs` results: accuracy with its CI, ties, margins, pairs."""
+    low, high = results["accuracy_ci"]
+    return (
+        f"{name}: accuracy {results['accuracy']:.3f} ({results['confidence']:.0%} CI {low:.3f}-{high:.3f}), "
+        f"{results['n_pairs']} pairs, {results['ties']} ties, margin mean {results['margin_mean']:.3f} "
+        f"median {results['margin_median']:.3f}"
+    )
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    options = _options(EvalOptions, args)
+    dataset = load_eval_data(args.data, options.split, options.max_samples)
+    models = [args.model] + ([options.compare] if options.compare else [])
+    labels = [_label(model) for model in models]
+    if len(set(labels)) < len(labels):
+        labels = list(models)
+    named = {}
+    for label, model in zip(labels, models):
+        named[label] = evaluate_pairs(
+            model, None, dataset, max_length=options.max_length, batch_size=options.batch_size, dtype=getattr(torch, options.dtype)
+        )
+        print(summary_line(label, named[label]))
+        for bucket in named[label]["length_buckets"]:
+            accuracy = "-" if bucket["accuracy"] is None else f"{bucket['accuracy']:.3f}"
+            print(f"  length {bucket['label']:>10} tokens: accuracy {accuracy} ({bucket['count']} pairs)")
+    if options.output_dir:
+        written = [write_json_atomically(named, Path(options.output_dir) / "evaluation.json")]
+        written += plot_evaluation(named, options.output_dir)
+        print("wrote " + ", ".join(str(path) for path in written))
+    return 0
+
+
+def read_score_input(path: str) -> list[tuple[dict, object]]:
+    """Rows of a `score` input JSONL: `{"text": str}`, `{"messages": [{role, content}, ...]}` or a bare list of
+    messages per line (blank lines skipped). Returns `(output row, text or conversation)` pairs; raises `ValueError`
+    naming the file and line of a bad row."""
+    rows = []
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{path} line {number}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{where}: invalid JSON ({error.msg})") from None
+        if isinstance(row, list):
+            row = {"messages": row}
+        if not isinstance(row, dict):
+            raise ValueError(f"{where}: expected an object or a list of messages, got {type(row).__name__}")
+        try:
+            form = _form("messages", row["messages"]) if "messages" in row else _form("text", row.get("text"))
+        except ValueError as error:
+            raise ValueError(f"{where}: {error}") from None
+        if form is None or not row.get(form):
+            raise ValueError(f'{where}: expected {{"text": str}} or {{"messages": [{{"role", "content"}}, ...]}}')
+        rows.append((row, row[form]))
+    if not rows:
+        raise ValueError(f"{path}: no rows to score")
+    return rows
+
+
+def run_score(args: argparse.Namespace) -> int:
+    options = _options(ScoreOptions, args)
+    rows = read_score_input(args.input)
+    model, tokenizer = load_for_scoring(args.model, compute_dtype=getattr(torch, options.dtype))
+    rewards = score(model, tokenizer, [content for _, content in rows], options.batch_size, options.max_length)
+    lines = "".join(json.dumps(row | {"reward": reward}) + "\n" for (row, _), reward in zip(rows, rewards.tolist()))
+    if options.output:
+        Path(options.output).write_text(lines, encoding="utf-8")
+        print(f"wrote {len(rows)} rewards to {options.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(lines)
+    return 0
+
+
+def run_merge(args: argparse.Namespace) -> int:
+    options = _options(MergeOptions, args)
+    if not (Path(args.adapter) / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"adapter {args.adapter!r}: no adapter_config.json (expected a trainer.save_model directory)")
+    output = merge_and_save(
+        args.adapter,
+        args.output,
+        dtype=getattr(torch, options.dtype),
+        base_model_name_or_path=options.base_model,
+        from_4bit=options.from_4bit,
+        max_shard_size=options.max_shard_size,
+        low_memory=options.low_memory,
+        overwrite=options.overwrite,
+    )
+    print(f"merged {args.adapter} into {output}")
+    if options.push_to_hub:  # the card's loading code names the repo
+        base = options.base_model or PeftConfig.from_pretrained(args.adapter).base_model_name_or_path
+        write_model_card(output, base_model=base, from_4bit=options.from_4bit, repo_id=options.push_to_hub)
+        print(f"pushed: {push_to_hub(output, options.push_to_hub, private=options.private)}")
+    return 0
+
+
+def run_plan(args: argparse.Namespace) -> int:
+    options = _options(PlanOptions, args)
+    plan = plan_memory(
+        args.config,
+        batch_size=options.batch_size,
+        pair_length=options.pair_length,
+        packing=options.packing,
+        prompt_fraction=options.prompt_fraction,
+        gradient_checkpointing=options.gradient_checkpointing,
+        lora_r=options.lora_r,
+        compute_dtype=options.compute_dtype,
+        gpu_gb=options.gpu_gb,
+    )
+    print(plan.report())
+    return 0
+
+
+def run_train(args: argparse.Namespace) -> int:
+    run_recipe(args.recipe_args, prog="bt-peft train")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `bt-peft` parser: one subparser per command, each an `HfArgumentParser` over its options dataclass."""
+    parser = argparse.ArgumentParser(
+        prog="bt-peft", description="Bradley-Terry reward models with QLoRA: train, evaluate, score, merge, plan."
+    )
+    commands = parser.add_subparsers(title="commands", dest="command", required=True, parser_class=HfArgumentParser)
+
+    train = commands.add_parser(
+        "train",
+        add_help=False,
+        help="train, evaluate and merge with a YAML config and flag overrides (the recipe); see `bt-peft train --help`",
+        description="Runs recipes/qlora_llama3.py: --config FILE.yaml plus any field as a flag (--max_steps 20).",
+    )
+    train.set_defaults(run=run_train)
+
+    evaluate = commands.add_parser(
+        "eval",
+        dataclass_types=EvalOptions,
+        help="pairwise accuracy with a bootstrap CI, ties, margins, accuracy by length; JSON and PNG plots",
+        description="Evaluate a reward model on preference pairs: accuracy with a 95% bootstrap CI, ties, margins, "
+        "accuracy by pair length. With --output_dir, writes evaluation.json and rewards/margins/length PNGs.",
+    )
+    evaluate.add_argument("model", help="merged checkpoint, adapter directory, causal-LM checkpoint or bt_peft:smollm2")
+    evaluate.add_argument("data", help="a .jsonl/.json file, a directory of <split>.jsonl, bt_peft:demo or a Hub dataset id")
+    evaluate.set_defaults(run=run_eval)
+
+    scoring = commands.add_parser(
+        "score",
+        dataclass_types=ScoreOptions,
+        help="rewards of texts or conversations from a JSONL file",
+        description='Score each line of INPUT: {"text": ...}, {"messages": [{"role", "content"}, ...]} or a bare list '
+        'of messages. Output lines are the input rows with "reward" added (a bare list becomes {"messages": ...}).',
+    )
+    scoring.add_argument("model", help="merged checkpoint, adapter directory or other reward checkpoint")
+    scoring.add_argument("input", help="JSONL file of texts or conversations")
+    scoring.set_defaults(run=run_score)
+
+    merge = commands.add_parser(
+        "merge",
+        dataclass_types=MergeOptions,
+        help="merge an adapter into its base: a plain 2-label checkpoint with a model card",
+        description="Merge a trained adapter (trainer.save_model) into its base and write a plain 2-label "
+        "safetensors checkpoint with tokenizer and README.md model card; optionally push it to the Hub.",
+    )
+    merge.add_argument("adapter", help="adapter directory written by trainer.save_model")
+    merge.add_argument("output", help="directory of the merged checkpoint")
+    merge.set_defaults(run=run_merge)
+
+    plan = commands.add_parser(
+        "plan",
+        dataclass_types=PlanOptions,
+        help="estimate the GPU memory of QLoRA training from a model config, per GPU size",
+        description="Plan the GPU memory of QLoRA Bradley-Terry training from a model's config alone (no weights): "
+        "NF4 weights, LoRA and optimizer states, activations; a verdict and the largest batch per GPU size.",
+    )
+    plan.add_argument("config", help="a preset (llama-3-8b, mistral-7b, qwen2.5-7b), a config.json file or a checkpoint directory")
+    plan.set_defaults(run=run_plan)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run `bt-peft` with `argv` (default `sys.argv[1:]`). Returns the exit status: 0 on success, 1 on an error
+    (printed as `bt-peft <command>: error: ...`), 2 on bad usage (argparse)."""
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "train":
+        args.recipe_args = rest  # the recipe's TrlParser reads --config and the overrides (and --help)
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    try:
+        return args.run(args)
+    except (ValueError, OSError) as error:
+        print(f"bt-peft {args.command}: error: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

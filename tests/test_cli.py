@@ -1,0 +1,124 @@
+"""The `bt-peft` command line, each subcommand run as a real subprocess of the installed console script."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from huggingface_hub import ModelCard
+
+from bt_peft import score
+from bt_peft.loading import load_for_scoring
+from conftest import preference_rows
+
+BT_PEFT = Path(sys.executable).parent / "bt-peft"
+
+
+def bt_peft(*args, check: bool = True) -> subprocess.CompletedProcess:
+    assert BT_PEFT.is_file(), f"console script missing at {BT_PEFT}: pip install -e ."
+    result = subprocess.run([str(BT_PEFT), *map(str, args)], capture_output=True, text=True, timeout=300)
+    if check:
+        assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def run(tiny_llama_dir, tmp_path_factory) -> Path:
+    """`bt-peft train` on the tiny Llama: YAML config plus flag overrides; returns its output directory."""
+    root = tmp_path_factory.mktemp("cli")
+    data = root / "data"
+    data.mkdir()
+    for split in ("train", "dev"):
+        (data / f"{split}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in preference_rows(2)))
+    config = root / "config.yaml"
+    config.write_text(
+        f"model_name_or_path: {tiny_llama_dir}\ndtype: float32\ndataset_name: {data}\ndataset_test_split: dev\n"
+        f"merge_dtype: float32\nmerge_from_4bit: true\noutput_dir: {root / 'out'}\nuse_cpu: true\nbf16: false\n"
+        "max_length: 64\nper_device_train_batch_size: 4\nmax_steps: 8\nlearning_rate: 5.0e-3\nreport_to: none\n"
+        "save_strategy: 'no'\nlogging_steps: 1\nnum_score_examples: 2\n"
+    )
+    bt_peft("train", "--config", config, "--max_steps", 2)
+    return root
+
+
+def test_help_of_every_command():
+    assert "train,eval,score,merge,plan" in bt_peft("--help").stdout
+    expected = {
+        "train": "--config FILE.yaml",
+        "eval": "--compare",
+        "score": '"reward" added',
+        "merge": "--from_4bit",
+        "plan": "--gpu_gb",
+    }
+    for command, text in expected.items():
+        result = bt_peft(command, "--help")
+        assert result.stdout.startswith(f"usage: bt-peft {command}"), result.stdout
+        assert text in " ".join(result.stdout.split()), result.stdout  # help text is wrapped to the terminal
+
+
+def test_train_writes_adapter_merged_checkpoint_and_model_card(run):
+    out = run / "out"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 2  # the flag overrode the YAML's max_steps: 8
+    assert (out / "adapter" / "adapter_config.json").is_file() and (out / "merged" / "config.json").is_file()
+    card = ModelCard.load(out / "merged" / "README.md")
+    assert "`logits[:, 1]`" in card.text and "| optimizer steps | 2 |" in card.text
+    assert f"| eval accuracy after training | {summary['eval_accuracy_after']:.4g} |" in card.text
+
+
+def test_eval_merged_against_base_prints_accuracy_with_ci_and_writes_plots(run, tiny_llama_dir):
+    output = run / "eval"
+    result = bt_peft("eval", run / "out" / "merged", run / "data", "--compare", tiny_llama_dir,
+                     "--max_length", 64, "--output_dir", output)
+    results = json.loads((output / "evaluation.json").read_text())
+    assert list(results) == ["merged", tiny_llama_dir.name]
+    for name, metrics in results.items():
+        low, high = metrics["accuracy_ci"]
+        line = f"{name}: accuracy {metrics['accuracy']:.3f} (95% CI {low:.3f}-{high:.3f}), 8 pairs, {metrics['ties']} ties"
+        assert line in result.stdout, result.stdout
+    for png in ("rewards.png", "margins.png", "accuracy_by_length.png"):
+        assert (output / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_score_texts_and_conversations_as_in_process(run, tmp_path):
+    conversation = [{"role": "user", "content": "can you help me?"}, {"role": "assistant", "content": "Sure."}]
+    rows = [{"text": "Human: can you help me? Assistant: No. Go away.", "id": 7}, {"messages": conversation}, conversation]
+    source = tmp_path / "in.jsonl"
+    source.write_text("".join(json.dumps(row) + "\n" for row in rows) + "\n")
+    merged = run / "out" / "merged"
+    bt_peft("score", merged, source, "--output", tmp_path / "out.jsonl", "--batch_size", 2)
+    scored = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    model, tokenizer = load_for_scoring(merged)
+    expected = score(model, tokenizer, [rows[0]["text"], conversation, conversation]).tolist()
+    assert [row.pop("reward") for row in scored] == pytest.approx(expected, abs=1e-5)
+    assert scored == [rows[0], {"messages": conversation}, {"messages": conversation}]
+
+
+def test_merge_command_equals_the_trains_merge(run, tmp_path):
+    out = run / "out"
+    bt_peft("merge", out / "adapter", tmp_path / "merged", "--dtype", "float32", "--from_4bit")
+    assert ModelCard.load(tmp_path / "merged" / "README.md").data.to_dict()["tags"][0] == "reward-model"
+    texts = [row["prompt"] + row["chosen"] for row in preference_rows(1)]
+    rewards = [score(*load_for_scoring(path), texts) for path in (out / "merged", tmp_path / "merged")]
+    assert (rewards[0] - rewards[1]).abs().max().item() <= 1e-6
+
+
+def test_plan_reports_memory_of_a_config(tiny_llama_dir):
+    result = bt_peft("plan", tiny_llama_dir / "config.json", "--batch_size", 2, "--pair_length", 128, "--gpu_gb", 6)
+    assert "batch 2 pairs of 128 tokens" in result.stdout and "= total" in result.stdout
+    assert "    6 GB GPU: fits" in result.stdout
+
+
+def test_bad_input_fails_with_a_clear_message(run, tmp_path):
+    source = tmp_path / "bad.jsonl"
+    source.write_text(json.dumps({"text": "fine"}) + "\n" + json.dumps({"prompt": "no text"}) + "\n")
+    result = bt_peft("score", run / "out" / "merged", source, check=False)
+    assert result.returncode == 1
+    assert f"bt-peft score: error: {source} line 2: expected {{\"text\": str}}" in result.stderr
+    result = bt_peft("eval", run / "out" / "merged", tmp_path / "missing.jsonl", check=False)
+    assert result.returncode == 1 and "No such file or directory" in result.stderr and "missing.jsonl" in result.stderr
+    result = bt_peft("merge", tmp_path, tmp_path / "merged", check=False)
+    assert result.returncode == 1 and "no adapter_config.json" in result.stderr
+    result = bt_peft("plan", "llama-3-8b", "--batch_size", "many", check=False)
+    assert result.returncode == 2 and "--batch_size" in result.stderr
