@@ -1,0 +1,70 @@
+"""Run by `tests/test_distributed.py` under `torchrun --nproc_per_node 2` (CPU, gloo): shard a 4-bit QLoRA reward
+model with FSDP as `recipes/accelerate/fsdp_qlora.yaml` configures it, and compare one forward/backward with the
+unsharded model.
+
+accelerate refuses FSDP without an accelerator ("There are currently no available devices found, must be one of
+'XPU', 'CUDA', ..."), so this drives torch's FSDP (what accelerate's FSDP plugin builds) directly, with the
+settings of that config: FULL_SHARD, `use_orig_params=False`, one unit per decoder layer plus one per trainable
+leaf (peft's `fsdp_auto_wrap_policy`, which transformers installs for PEFT models). Two settings need a GPU and
+are left out: `sync_module_states` and a bf16 mixed-precision policy (on a GPU, autocast casts the fp32 LoRA
+inputs; on a CPU peft casts them to fp32 ahead of FSDP's bf16 cast).
+
+    torchrun --nproc_per_node 2 tests/fsdp_shard_check.py MODEL_DIR OUTPUT.json
+
+Writes (rank 0) a JSON report: `world_size`, `units` (per FSDP unit: dtype, local and full element counts, whether
+it holds 4-bit weights), `max_abs_reward_diff` against the unsharded model, and `max_abs_step_diff`: trainable weights after one
+SGD step (learning rate 1) against the unsharded model's weights minus its gradients.
+"""
+
+import json
+import sys
+
+import bitsandbytes as bnb
+import torch
+import torch.distributed as dist
+from peft.utils.other import fsdp_auto_wrap_policy
+from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+from bt_peft import bt_reward, load_qlora_model
+
+TEXTS = ["Human: can you help me? Assistant: Sure, I am happy to help.", "Human: hi Assistant: No. Go away."]
+
+
+def main(model_dir: str, report_path: str) -> None:
+    dist.init_process_group("gloo")
+    torch.manual_seed(0)
+    model, tokenizer = load_qlora_model(model_dir, compute_dtype=torch.bfloat16, quant_storage=torch.bfloat16,
+                                        lora_dropout=0.0, gradient_checkpointing=False, device_map={"": "cpu"})
+    batch = tokenizer(TEXTS, return_tensors="pt", padding=True)
+    reference = bt_reward(model(**batch).logits)
+    reference.sum().backward()
+    # the trainable weights after one SGD step of learning rate 1: the weights minus their gradients
+    expected = {name: (p - p.grad).detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+    model.zero_grad(set_to_none=True)
+
+    sharded = FSDP(model, auto_wrap_policy=fsdp_auto_wrap_policy(model), use_orig_params=False,
+                   device_id=torch.device("cpu"))
+    units = []
+    for unit in FSDP.fsdp_modules(sharded):
+        handle = unit._handle
+        if handle is not None:
+            flat = handle.flat_param
+            units.append({"dtype": str(flat.dtype), "local": flat.numel(), "full": flat._unpadded_unsharded_size.numel(),
+                          "four_bit": any(isinstance(info.module, bnb.nn.Linear4bit) for info in flat._param_infos)})
+    rewards = bt_reward(sharded(**batch).logits)
+    rewards.sum().backward()  # every process has the same batch: the averaged gradients are the unsharded ones
+    torch.optim.SGD([p for p in sharded.parameters() if p.requires_grad], lr=1.0).step()
+    with FSDP.summon_full_params(sharded):
+        stepped = {name.replace("_fsdp_wrapped_module.", ""): p for name, p in sharded.named_parameters()}
+        step_diff = max((stepped[name] - weight).abs().max().item() for name, weight in expected.items())
+    if dist.get_rank() == 0:
+        report = {"world_size": dist.get_world_size(), "units": units,
+                  "max_abs_reward_diff": (rewards - reference).abs().max().item(), "max_abs_step_diff": step_diff,
+                  "trainable": len(expected)}
+        with open(report_path, "w") as f:
+            json.dump(report, f, indent=2)
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
