@@ -18,6 +18,7 @@ from transformers import (
 
 from .modeling import AutoModelForBradleyTerry
 from .tokenizer import eos_ids_of, load_tokenizer
+from .validation import validate_training_setup
 
 ATTENTION_PROJECTIONS = {
     "llama": ["q_proj", "k_proj", "v_proj", "o_proj"],
@@ -63,13 +64,19 @@ def head_name(config: PretrainedConfig) -> str:
         return head_of(AutoModelForSequenceClassification.from_config(config))
 
 
-def nf4_config(compute_dtype: torch.dtype) -> BitsAndBytesConfig:
-    """The 4-bit quantization of training (and of the exact merge): NF4 with double quant."""
+def nf4_config(compute_dtype: torch.dtype, quant_storage: torch.dtype | None = None) -> BitsAndBytesConfig:
+    """The 4-bit quantization of training (and of the exact merge): NF4 with double quant.
+
+    `quant_storage` is the dtype the packed 4-bit weights are stored in: None keeps bitsandbytes' uint8. FSDP-QLoRA
+    needs the dtype of the model's other parameters (the compute dtype, e.g. bf16), so that FSDP can flatten and
+    shard the 4-bit weights together with them.
+    """
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=True,
         bnb_4bit_compute_dtype=compute_dtype,
+        bnb_4bit_quant_storage=quant_storage,
     )
 
 
@@ -117,7 +124,8 @@ def load_reward_model(
         model_name_or_path (`str`): causal-LM or reward checkpoint (Hub id or local directory).
         quantization_config (`BitsAndBytesConfig`, *optional*): the head is added to its
             `llm_int8_skip_modules` (a copy is made; the caller's object is unchanged).
-        **kwargs: passed on to `AutoModelForBradleyTerry.from_pretrained` (`dtype`, `device_map`, …).
+        **kwargs: passed on to `AutoModelForBradleyTerry.from_pretrained` (`dtype`, `device_map`,
+            `allow_pickle`, `trust_remote_code`, …).
 
     Returns:
         `PreTrainedModel`: 2-label model; when quantized, CPU weight repacking is disabled (see
@@ -166,6 +174,8 @@ def load_qlora_model(
     attn_implementation: str | None = None,
     device_map: dict | str | None = None,
     trust_remote_code: bool = False,
+    allow_pickle: bool = False,
+    quant_storage: torch.dtype | None = None,
 ) -> tuple[PeftModel, PreTrainedTokenizerBase]:
     """Load a Bradley-Terry reward model for QLoRA training.
 
@@ -179,21 +189,35 @@ def load_qlora_model(
         attn_implementation (`str`, *optional*): e.g. "sdpa", "flash_attention_2", "eager".
         device_map: where to put the model; default: this process's GPU, or the CPU.
         trust_remote_code (`bool`): off by default; never turned on silently.
+        allow_pickle (`bool`): load a checkpoint whose weights are pickle files (`pytorch_model.bin`); off by
+            default (`PickleCheckpointError`).
+        quant_storage (`torch.dtype`, *optional*): storage dtype of the 4-bit weights (see `nf4_config`); default
+            uint8. For FSDP (`recipes/accelerate/fsdp_qlora.yaml`) set it to `compute_dtype` (another float raises
+            `ValueError`): then every frozen weight has that dtype, so FSDP can flatten and shard them.
 
     Returns:
         (`PeftModel`, tokenizer): linear layers in NF4 with double quant; LoRA adapters (fp32) on the targets;
         the classification head unquantized, in fp32, trainable and saved with the adapter; a tokenizer whose
         pad token (distinct from eos where the vocabulary allows) equals `model.config.pad_token_id`.
     """
+    validate_training_setup(model=model_name_or_path, lora_config=LoraConfig(target_modules=target_modules),
+                            load_in_4bit=True, trust_remote_code=trust_remote_code)
     if compute_dtype == torch.float16:
         warnings.warn(FP16_WARNING, stacklevel=2)
+    fsdp_storage = quant_storage is not None and quant_storage.is_floating_point
+    if fsdp_storage and quant_storage != compute_dtype:
+        raise ValueError(
+            f"quant_storage={quant_storage} must equal compute_dtype={compute_dtype}: FSDP flattens the 4-bit and the "
+            "unquantized weights of a layer into one tensor of one dtype"
+        )
     model = load_reward_model(
         model_name_or_path,
-        nf4_config(compute_dtype),
+        nf4_config(compute_dtype, quant_storage),
         dtype=compute_dtype,
         attn_implementation=attn_implementation,
         device_map=device_map or default_device_map(),
         trust_remote_code=trust_remote_code,
+        allow_pickle=allow_pickle,
     )
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -207,4 +231,9 @@ def load_qlora_model(
         target_modules=target_modules or lora_targets(model.config),
         task_type="SEQ_CLS",
     )
-    return add_lora(model, lora), tokenizer
+    model = add_lora(model, lora)
+    if fsdp_storage:  # the head's frozen original (kept by peft, unused while the adapter is on) joins the body's dtype
+        for param in model.parameters():
+            if not param.requires_grad and param.dtype != quant_storage:
+                param.data = param.data.to(quant_storage)
+    return model, tokenizer

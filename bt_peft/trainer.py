@@ -1,6 +1,7 @@
 """`BradleyTerryRewardTrainer`: TRL's `RewardTrainer` on a 2-label head, reward `logits[:, 1]`."""
 
 import contextlib
+import logging
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -9,15 +10,23 @@ import torch
 from datasets import Dataset, IterableDataset
 from peft import PeftConfig
 from transformers import AutoTokenizer, BitsAndBytesConfig, PreTrainedModel
+from transformers.modeling_outputs import SequenceClassifierOutput
 from trl import RewardConfig, RewardTrainer
 from trl.trainer.utils import get_config_model_id
 
+from .checkpointing import SafeCheckpointMixin
+from .config import packing_options
 from .data import prepare_preference_dataset
+from .guards import NonFiniteGuard, NonFiniteGuardMixin
 from .loss import bradley_terry_loss
 from .modeling import configure_bradley_terry
+from .packing import PackedPairCollator, packed_logits, packing_unsupported_reason
 from .qlora import FP16_WARNING, add_lora, load_reward_model
 from .reward import bt_reward
 from .tokenizer import choose_pad_token, eos_ids_of
+from .validation import validate_training_setup
+
+logger = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
@@ -32,7 +41,7 @@ def _shown_to_trl_as_single_label(model: torch.nn.Module) -> Iterator[None]:
         configure_bradley_terry(config)
 
 
-class BradleyTerryRewardTrainer(RewardTrainer):
+class BradleyTerryRewardTrainer(NonFiniteGuardMixin, SafeCheckpointMixin, RewardTrainer):
     """`trl.RewardTrainer` for 2-label Bradley-Terry reward models.
 
     Takes the same arguments as `RewardTrainer` (a `RewardConfig`, TRL's standard and conversational
@@ -50,6 +59,12 @@ class BradleyTerryRewardTrainer(RewardTrainer):
     - data: pairs longer than `max_length` are kept, their prompt cut from the left; what was truncated or
       skipped is printed and kept in `preparation_reports`.
     - trainable parameters keep the dtype the model was given (TRL casts QLoRA adapters and head to bf16).
+    - batches: shared-prefix packing and padding-free rows by default on decoder-only models (`bt_peft.packing`),
+      switched by `BradleyTerryRewardConfig.packing`/`padding_free` (a plain `RewardConfig` keeps both on); other
+      models, or a `data_collator` you pass, get the batches as before.
+    - saving and resuming (`SafeCheckpointMixin`): no pickle anywhere, `save_model(dir, overwrite=False)` atomic,
+      `train(resume_from_checkpoint=True)` from the last complete checkpoint, exactly.
+    - a NaN/inf loss or gradient raises `NonFiniteLossError` before the optimizer step (`NonFiniteGuard`).
 
     Logged in train and eval: `accuracy`, `margin`, `chosen_reward`, `rejected_reward`, `num_tokens`.
     """
@@ -69,6 +84,8 @@ class BradleyTerryRewardTrainer(RewardTrainer):
         if isinstance(train_dataset, IterableDataset):
             raise TypeError("BradleyTerryRewardTrainer needs a map-style datasets.Dataset (streaming is not supported)")
         args = args or RewardConfig(output_dir="bt-reward-model")
+        validate_training_setup(args, model, peft_config, quantization_config is not None, processing_class,
+                                args.trust_remote_code)
         if args.fp16:
             warnings.warn(FP16_WARNING, stacklevel=2)
         if isinstance(model, str):
@@ -87,6 +104,8 @@ class BradleyTerryRewardTrainer(RewardTrainer):
                 get_config_model_id(model.config), trust_remote_code=args.trust_remote_code
             )
         processing_class.pad_token = choose_pad_token(processing_class, eos_ids_of(model.config))
+        if data_collator is None:
+            data_collator = packed_collator(model, args, processing_class.pad_token_id)
         self.preparation_reports = {}
         trainable = {name: param.data for name, param in model.named_parameters() if param.requires_grad}
         with _shown_to_trl_as_single_label(model):
@@ -102,6 +121,8 @@ class BradleyTerryRewardTrainer(RewardTrainer):
         for name, param in self.model.named_parameters():
             if name in trainable:
                 param.data = trainable[name]
+        self.non_finite_guard = NonFiniteGuard()
+        self.add_callback(self.non_finite_guard)
 
     def _prepare_dataset(self, dataset: Dataset, processing_class, args: RewardConfig, dataset_name: str) -> Dataset:
         prepared, report = prepare_preference_dataset(dataset, processing_class, args.max_length, dataset_name)
@@ -112,12 +133,17 @@ class BradleyTerryRewardTrainer(RewardTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if self.model.training else "eval"
-        outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False)
+        if "chosen_index" in inputs:  # a PackedPairCollator batch
+            outputs = SequenceClassifierOutput(logits=packed_logits(model, inputs))
+            real_tokens = inputs["pair_ids"] >= 0
+        else:
+            outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False)
+            real_tokens = inputs["attention_mask"]
         chosen, rejected = bt_reward(outputs.logits).float().chunk(2)
         loss = bradley_terry_loss(chosen, rejected, inputs.get("margin"), self.args.center_rewards_coefficient)
 
         if mode == "train":
-            tokens = self.accelerator.gather_for_metrics(inputs["attention_mask"].sum()).sum().item()
+            tokens = self.accelerator.gather_for_metrics(real_tokens.sum()).sum().item()
             self._total_train_tokens += tokens // self._tp_size
         self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
         with torch.no_grad():
@@ -129,3 +155,17 @@ class BradleyTerryRewardTrainer(RewardTrainer):
             metrics["chosen_reward"].extend(chosen_all.tolist())
             metrics["rejected_reward"].extend(rejected_all.tolist())
         return (loss, outputs) if return_outputs else loss
+
+
+def packed_collator(model: torch.nn.Module, args: RewardConfig, pad_token_id: int) -> PackedPairCollator | None:
+    """The batch collator that `args` asks for (`BradleyTerryRewardConfig.packing`/`padding_free`; a plain
+    `RewardConfig`: both on), or None for TRL's padded batches: when both are off, or when the model cannot take
+    the packed mask (logged once, with the reason)."""
+    packing, padding_free, max_tokens_per_row = packing_options(args)
+    if not (packing or padding_free):
+        return None
+    reason = packing_unsupported_reason(model)
+    if reason is not None:
+        logger.warning("bt-peft: shared-prefix packing is off, using standard padded batches: %s", reason)
+        return None
+    return PackedPairCollator(pad_token_id, packing, padding_free, max_tokens_per_row)

@@ -4,6 +4,7 @@ from datasets import Dataset
 from peft import LoraConfig, PeftModel
 from transformers import AutoModelForSequenceClassification
 from trl import RewardTrainer
+from trl.trainer.reward_trainer import DataCollatorForPreference
 
 from bt_peft import BradleyTerryRewardTrainer, bt_reward, load_qlora_model
 from bt_peft.qlora import load_reward_model, nf4_config
@@ -54,10 +55,11 @@ def test_trainable_parameters_keep_their_dtype_under_bf16_args(qlora, tmp_path):
 def test_compute_loss_is_bradley_terry_on_logit_one_with_margin_and_centering(qlora, tmp_path):
     rows = [dict(row, margin=0.25 * i) for i, row in enumerate(preference_rows(1))]
     trainer = make_trainer(qlora, tmp_path, rows=rows, center_rewards_coefficient=0.1)
-    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+    examples = [trainer.train_dataset[i] for i in range(4)]
+    batch = DataCollatorForPreference(trainer.processing_class.pad_token_id)(examples)  # padded, for the reference
     trainer.model.eval()
     with torch.no_grad():
-        loss = trainer.compute_loss(trainer.model, dict(batch))
+        loss = trainer.compute_loss(trainer.model, trainer.data_collator(examples))  # packed, as in training
         rewards = bt_reward(trainer.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits)
     chosen, rejected = rewards[:4], rewards[4:]
     margin = torch.tensor([0.0, 0.25, 0.5, 0.75])
@@ -137,7 +139,7 @@ def test_saved_adapter_reloads_with_peft_and_gives_the_same_rewards(qlora, tmp_p
     assert {"adapter_model.safetensors", "adapter_config.json", "tokenizer.json"} <= names
     reloaded = PeftModel.from_pretrained(load_reward_model(tiny_llama_dir, NF4, dtype=torch.float32), tmp_path / "adapter")
     reloaded.config.pad_token_id = trainer.processing_class.pad_token_id
-    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+    batch = DataCollatorForPreference(trainer.processing_class.pad_token_id)([trainer.train_dataset[i] for i in range(4)])
     trainer.model.eval()
     reloaded.eval()
     with torch.no_grad():
