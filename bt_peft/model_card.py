@@ -3,6 +3,7 @@
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 from huggingface_hub import HfApi, ModelCard, ModelCardData
 from huggingface_hub.utils import filter_repo_objects
@@ -124,28 +125,19 @@ def render_model_card(
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n\n".join(sections) + "\n")
 
 
-def write_model_card(
-    output_dir: str | os.PathLike,
-    *,
-    base_model: str,
-    dataset: str | None = None,
-    training_settings: dict | None = None,
-    metrics: dict | None = None,
-    from_4bit: bool | None = None,
-    repo_id: str | None = None,
-    license: str | None = None,
-) -> Path:
+def write_model_card(output_dir: str | os.PathLike, **card_fields: Any) -> Path:
     """Write `README.md` (the Hugging Face model card) into a reward checkpoint directory.
 
     Args:
         output_dir (`str`): an existing checkpoint directory (merged model or adapter).
-        base_model (`str`): the base model's Hub id or path (put in the metadata only when it is a Hub id).
-        dataset (`str`, *optional*): the training data's Hub id or path (metadata only when a Hub id).
-        training_settings (`dict`, *optional*): setting name -> value, shown as a table (learning rate, steps, …).
-        metrics (`dict`, *optional*): metric name -> value (accuracy, its 95% CI, …), shown as a table.
-        from_4bit (`bool`, *optional*): how the merge was done (`merge_and_save`'s `from_4bit`); `None`: no note.
-        repo_id (`str`, *optional*): the Hub repo the checkpoint is pushed to, used in the loading code.
-        license (`str`, *optional*): licence id for the metadata (the base model's licence usually applies).
+        **card_fields: keyword arguments of `render_model_card`:
+            base_model (`str`): the base model's Hub id or path (put in the metadata only when it is a Hub id).
+            dataset (`str`, *optional*): the training data's Hub id or path (metadata only when a Hub id).
+            training_settings (`dict`, *optional*): setting name -> value, shown as a table (learning rate, steps, …).
+            metrics (`dict`, *optional*): metric name -> value (accuracy, its 95% CI, …), shown as a table.
+            from_4bit (`bool`, *optional*): how the merge was done (`merge_and_save`'s `from_4bit`); `None`: no note.
+            repo_id (`str`, *optional*): the Hub repo the checkpoint is pushed to, used in the loading code.
+            license (`str`, *optional*): licence id for the metadata (the base model's licence usually applies).
 
     Returns:
         `Path` of the written `README.md`; `huggingface_hub.ModelCard.load` parses its metadata.
@@ -153,15 +145,7 @@ def write_model_card(
     output_dir = Path(output_dir)
     if not output_dir.is_dir():
         raise NotADirectoryError(f"model card: {output_dir} is not a directory")
-    card = render_model_card(
-        base_model=base_model,
-        dataset=dataset,
-        training_settings=training_settings,
-        metrics=metrics,
-        from_4bit=from_4bit,
-        repo_id=repo_id,
-        license=license,
-    )
+    card = render_model_card(**card_fields)
     path = output_dir / "README.md"
     card.save(path)
     return path
