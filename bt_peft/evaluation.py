@@ -216,8 +216,6 @@ def evaluate_pairs(
     elif isinstance(dataset, list):
         dataset = datasets.Dataset.from_list(dataset)
     prepared, report = prepare_preference_dataset(dataset, tokenizer, max_length, name="eval")
-    if len(prepared) == 0:
-        raise ValueError(f"no pair left to evaluate ({report})")
     columns = prepared.to_dict()
     chosen, rejected = columns["chosen_ids"], columns["rejected_ids"]
     start = time.perf_counter()

@@ -1,5 +1,6 @@
 """Shared fixtures: a tiny random Llama reward checkpoint with a tokenizer built locally (no downloads)."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -72,6 +73,15 @@ PAIRS = [
 def preference_rows(repeat: int = 4) -> list[dict]:
     """Standard explicit-prompt rows with a learnable preference (helpful vs rude)."""
     return [{"prompt": p, "chosen": c, "rejected": r} for p, c, r in PAIRS] * repeat
+
+
+def write_preference_splits(root: Path, rows: list[dict]) -> Path:
+    """A data directory `root/data` holding `train.jsonl` and `dev.jsonl`, both `rows` (the recipe's local layout)."""
+    data = root / "data"
+    data.mkdir()
+    for split in ("train", "dev"):
+        (data / f"{split}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return data
 
 
 def fp32_args(output_dir, **overrides):

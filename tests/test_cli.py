@@ -10,7 +10,7 @@ from huggingface_hub import ModelCard
 
 from bt_peft import score
 from bt_peft.loading import load_for_scoring
-from conftest import preference_rows
+from conftest import preference_rows, write_preference_splits
 
 BT_PEFT = Path(sys.executable).parent / "bt-peft"
 
@@ -27,10 +27,7 @@ def bt_peft(*args, check: bool = True) -> subprocess.CompletedProcess:
 def run(tiny_llama_dir, tmp_path_factory) -> Path:
     """`bt-peft train` on the tiny Llama: YAML config plus flag overrides; returns its output directory."""
     root = tmp_path_factory.mktemp("cli")
-    data = root / "data"
-    data.mkdir()
-    for split in ("train", "dev"):
-        (data / f"{split}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in preference_rows(2)))
+    data = write_preference_splits(root, preference_rows(2))
     config = root / "config.yaml"
     config.write_text(
         f"model_name_or_path: {tiny_llama_dir}\ndtype: float32\ndataset_name: {data}\ndataset_test_split: dev\n"

@@ -26,7 +26,7 @@ from accelerate.utils import DistributedType
 from safetensors.torch import load_file
 
 from bt_peft.qlora import load_qlora_model
-from conftest import preference_rows
+from conftest import preference_rows, write_preference_splits
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "qlora_llama3.py"
@@ -39,10 +39,7 @@ TOLERANCE = 2e-5
 def job(tiny_llama_dir, tmp_path_factory) -> Path:
     """A recipe config: the tiny Llama in 4-bit (fp32 compute), 16 training pairs, 6 evaluation pairs, 3 steps."""
     root = tmp_path_factory.mktemp("distributed")
-    data = root / "data"
-    data.mkdir()
-    for split in ("train", "dev"):
-        (data / f"{split}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in preference_rows()))
+    data = write_preference_splits(root, preference_rows())
     config = root / "config.yaml"
     config.write_text(yaml.safe_dump({
         "model_name_or_path": str(tiny_llama_dir), "dtype": "float32", "lora_dropout": 0.0,
