@@ -15,6 +15,9 @@ ID2LABEL = {0: "unused", 1: "reward"}
 """Written explicitly into every config: transformers 5 omits `num_labels` from `config.json` when it
 equals the default 2, so the labels say it instead. Label 1 is the reward (see `bt_reward`)."""
 
+HEAD_NAMES = ("score", "classifier")
+"""Attribute names of sequence-classification heads in transformers (decoders: `score`; encoders: `classifier`)."""
+
 _HUB_KWARGS = ("revision", "cache_dir", "token", "subfolder", "trust_remote_code", "local_files_only", "gguf_file")
 
 
@@ -43,6 +46,35 @@ def configure_bradley_terry(config: PretrainedConfig) -> PretrainedConfig:
     if text_config.pad_token_id is None:
         text_config.pad_token_id = single_eos_id(text_config.eos_token_id)
     return config
+
+
+def head_of(model: torch.nn.Module) -> str:
+    """Name of the classification head attribute of a sequence-classification model."""
+    for name in HEAD_NAMES:
+        if isinstance(getattr(model, name, None), torch.nn.Module):
+            return name
+    raise ValueError(f"{type(model).__name__} has none of the head attributes {HEAD_NAMES}")
+
+
+def head_name(config: PretrainedConfig) -> str:
+    """Name of the classification head of the architecture, found on the meta device (no weights)."""
+    with torch.device("meta"):
+        return head_of(AutoModelForSequenceClassification.from_config(config))
+
+
+@torch.no_grad()
+def zero_head(model: PreTrainedModel) -> None:
+    """Set every weight (and bias) of the classification head to zero, in place.
+
+    A new head starts at zero: every reward is 0 and the first loss is exactly ln 2, instead of a random
+    projection of the last hidden state that training must first unlearn (SmolLM2-135M's final hidden states have
+    norms near 50, so transformers' normal(0, 0.02) head starts with reward gaps of std ~0.7 and a first loss of
+    0.70 to 0.86 depending on the seed). The gradient of the Bradley-Terry loss reaches only row 1 (the reward), so
+    row 0 stays exactly zero through training: tools that read both logits (softmax, `logits.tolist()`) see
+    `(0, reward)`. The body gets gradients from the second step on, once the head has moved.
+    """
+    for parameter in getattr(model, head_of(model)).parameters():
+        parameter.zero_()
 
 
 class BradleyTerrySaveMixin:
@@ -133,8 +165,9 @@ class AutoModelForBradleyTerry(AutoModelForSequenceClassification):
         Returns:
             `PreTrainedModel`: the concrete architecture (e.g. `LlamaForSequenceClassification`) with
             `config.num_labels == 2`, `config.pad_token_id` set (the eos id when it was unset), and the
-            Bradley-Terry `save_pretrained`. A checkpoint whose head has another number of labels gets a
-            new 2-label head, with a warning. `trust_remote_code` is False unless passed: a checkpoint that
+            Bradley-Terry `save_pretrained`. A checkpoint without a head (a causal LM) gets a new 2-label head set
+            to zero (`zero_head`); one whose head has another number of labels gets a new zero head, with a
+            warning. With `output_loading_info=True`, `(model, loading_info)` as transformers returns it. `trust_remote_code` is False unless passed: a checkpoint that
             needs custom code raises transformers' `ValueError` instead of running it.
         """
         kwargs = safe_pretrained_kwargs(pretrained_model_name_or_path, allow_pickle, kwargs)
@@ -149,11 +182,22 @@ class AutoModelForBradleyTerry(AutoModelForSequenceClassification):
             logger.warning("%s has a %d-label head; a new 2-label head is initialised", pretrained_model_name_or_path, config.num_labels)
             kwargs["ignore_mismatched_sizes"] = True
         configure_bradley_terry(config)
-        model = super().from_pretrained(pretrained_model_name_or_path, *model_args, config=config, **kwargs)
-        return as_bradley_terry(model)
+        return_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(
+            pretrained_model_name_or_path, *model_args, config=config, output_loading_info=True, **kwargs
+        )
+        head = head_of(model)
+        new_weights = set(info["missing_keys"]) | {key for key, *_ in info["mismatched_keys"]}
+        if any(key.split(".", 1)[0] == head for key in new_weights):
+            zero_head(model)
+        model = as_bradley_terry(model)
+        return (model, info) if return_info else model
 
     @classmethod
     def from_config(cls, config: PretrainedConfig, **kwargs: Any) -> PreTrainedModel:
-        """Build a randomly initialised 2-label reward model from a config (used for tests and planning)."""
+        """Build a 2-label reward model from a config (used for tests and planning): a random body and, like every
+        new head, a zero head (`zero_head`)."""
         config = configure_bradley_terry(config.__class__.from_dict(config.to_dict()))
-        return as_bradley_terry(super().from_config(config, **kwargs))
+        model = super().from_config(config, **kwargs)
+        zero_head(model)
+        return as_bradley_terry(model)

@@ -18,7 +18,7 @@ import torch
 from transformers.modeling_layers import GenericForSequenceClassification
 
 from .data import _common_prefix_length
-from .qlora import head_of
+from .modeling import head_of
 from .reward import bt_reward
 
 logger = logging.getLogger(__name__)

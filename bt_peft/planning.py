@@ -35,8 +35,8 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, PretrainedConfig
 
-from .modeling import AutoModelForBradleyTerry
-from .qlora import head_of, lora_targets as default_lora_targets
+from .modeling import AutoModelForBradleyTerry, head_of
+from .qlora import lora_targets as default_lora_targets
 
 PRESET_DIR = Path(__file__).parent / "presets"
 PRESETS = {path.stem: path for path in sorted(PRESET_DIR.glob("*.json"))}

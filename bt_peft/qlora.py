@@ -9,14 +9,13 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import (
     AutoConfig,
-    AutoModelForSequenceClassification,
     BitsAndBytesConfig,
     PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
 
-from .modeling import AutoModelForBradleyTerry
+from .modeling import AutoModelForBradleyTerry, head_of, head_name
 from .tokenizer import eos_ids_of, load_tokenizer
 from .validation import validate_training_setup
 
@@ -36,10 +35,6 @@ ATTENTION_PROJECTIONS = {
 
 FP16_WARNING = "fp16 is prone to NaN losses with score heads (peft#1522, trl#3236); prefer bf16"
 
-HEAD_NAMES = ("score", "classifier")
-"""Attribute names of sequence-classification heads in transformers (decoders: `score`; encoders: `classifier`)."""
-
-
 def lora_targets(config: PretrainedConfig) -> list[str]:
     """The attention projections of `config.model_type`; raises `ValueError` for an unknown architecture."""
     if config.model_type not in ATTENTION_PROJECTIONS:
@@ -48,20 +43,6 @@ def lora_targets(config: PretrainedConfig) -> list[str]:
             f"(known: {', '.join(sorted(ATTENTION_PROJECTIONS))})"
         )
     return list(ATTENTION_PROJECTIONS[config.model_type])
-
-
-def head_of(model: torch.nn.Module) -> str:
-    """Name of the classification head attribute of a sequence-classification model."""
-    for name in HEAD_NAMES:
-        if isinstance(getattr(model, name, None), torch.nn.Module):
-            return name
-    raise ValueError(f"{type(model).__name__} has none of the head attributes {HEAD_NAMES}")
-
-
-def head_name(config: PretrainedConfig) -> str:
-    """Name of the classification head of the architecture, found on the meta device (no weights)."""
-    with torch.device("meta"):
-        return head_of(AutoModelForSequenceClassification.from_config(config))
 
 
 def nf4_config(compute_dtype: torch.dtype, quant_storage: torch.dtype | None = None) -> BitsAndBytesConfig:

@@ -25,8 +25,8 @@ from transformers.pytorch_utils import Conv1D
 from transformers.quantizers.quantizers_utils import should_convert_module
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 
-from .modeling import AutoModelForBradleyTerry
-from .qlora import head_of, nf4_config
+from .modeling import AutoModelForBradleyTerry, head_of
+from .qlora import nf4_config
 from .safe_loading import refuse_pickle
 
 SAFETENSORS_DTYPES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16"}

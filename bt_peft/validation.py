@@ -12,6 +12,7 @@ from peft import PeftConfig
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
 
 from .data import minimal_pair_length
+from .modeling import head_of
 
 
 class TrainingSetupError(ValueError):
@@ -87,9 +88,7 @@ def check_lora_targets(model: torch.nn.Module, target_modules: list[str] | set[s
 
 
 def check_head(model: torch.nn.Module, modules_to_save: list[str] | None) -> None:
-    """`model` must have a head bt-peft knows (`qlora.HEAD_NAMES`), and each name in `modules_to_save` a module."""
-    from .qlora import head_of  # here, not at the top: qlora calls this module
-
+    """`model` must have a head bt-peft knows (`modeling.HEAD_NAMES`), and each name in `modules_to_save` a module."""
     try:
         head = head_of(model)
     except ValueError as error:

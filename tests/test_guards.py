@@ -31,6 +31,8 @@ class Snapshot(TrainerCallback):
 def test_a_diverging_run_stops_before_the_optimizer_step_and_keeps_its_last_checkpoint(tiny_llama_dir, tmp_path):
     torch.manual_seed(0)
     model, tokenizer = load_qlora_model(tiny_llama_dir, compute_dtype=torch.float32)
+    with torch.no_grad():  # a head that has moved (a zero head would pass no gradient to LoRA at step 1)
+        model.get_base_model().score.modules_to_save["default"].weight.normal_(0, 0.02)
     # a learning rate of 1e30: step 1 (from the initial weights) is finite, then the LoRA weights overflow fp32
     args = fp32_args(tmp_path, max_steps=6, learning_rate=1e30, lr_scheduler_type="constant", save_strategy="steps",
                      save_steps=1)

@@ -49,6 +49,18 @@ def test_causal_lm_checkpoint_gets_two_label_head(model):
     assert logits_of(model).shape == (2, 2)
 
 
+def test_new_head_starts_at_zero(model):
+    assert not model.score.weight.any(), "a new head is all zeros: every reward 0, the first loss ln 2"
+    assert not logits_of(model).any()
+    assert model.model.embed_tokens.weight.any(), "the body is loaded, not zeroed"
+
+
+def test_loading_info_is_returned_when_asked(tiny_llama_dir):
+    model, info = AutoModelForBradleyTerry.from_pretrained(tiny_llama_dir, output_loading_info=True)
+    assert isinstance(model, BradleyTerrySaveMixin)
+    assert "score.weight" in info["missing_keys"]
+
+
 @pytest.mark.parametrize("num_labels", [1, 5])
 def test_num_labels_argument_is_overridden(tiny_llama_dir, num_labels):
     model = AutoModelForBradleyTerry.from_pretrained(tiny_llama_dir, num_labels=num_labels)
@@ -69,6 +81,7 @@ def test_one_label_reward_checkpoint_gets_new_two_label_head(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="bt_peft.modeling"):
         model = AutoModelForBradleyTerry.from_pretrained(path)
     assert model.score.weight.shape == (2, 64)
+    assert not model.score.weight.any(), "the new 2-label head starts at zero"
     assert "1-label head" in caplog.text
     assert torch.equal(model.model.embed_tokens.weight, original.model.embed_tokens.weight), "the body is loaded"
 
@@ -77,6 +90,7 @@ def test_two_label_reward_checkpoint_keeps_its_head(tmp_path):
     path = reward_dir(tmp_path, num_labels=2)
     original = LlamaForSequenceClassification.from_pretrained(path)
     model = AutoModelForBradleyTerry.from_pretrained(path)
+    assert original.score.weight.any(), "a trained head: not zeroed on loading"
     assert torch.equal(model.score.weight, original.score.weight)
     assert torch.equal(logits_of(model), logits_of(original))
 
@@ -123,7 +137,10 @@ def test_save_writes_bradley_terry_config_in_safetensors(model, tmp_path):
     assert not list(tmp_path.glob("*.bin"))
 
 
-def test_saved_checkpoint_loads_in_plain_transformers(model, tmp_path):
+def test_saved_checkpoint_loads_in_plain_transformers(tiny_llama_dir, tmp_path):
+    model = AutoModelForBradleyTerry.from_pretrained(tiny_llama_dir)
+    torch.manual_seed(0)
+    torch.nn.init.normal_(model.score.weight)  # a trained head: non-zero rewards to compare
     model.save_pretrained(tmp_path)
     reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path)
     assert type(reloaded) is LlamaForSequenceClassification
@@ -150,6 +167,7 @@ def test_from_config_gives_two_label_model_with_bradley_terry_save(tmp_path):
     model = AutoModelForBradleyTerry.from_config(config)
     assert type(model).__name__ == "LlamaForSequenceClassification"
     assert model.score.weight.shape == (2, 64)
+    assert not model.score.weight.any(), "a new head starts at zero here too"
     assert model.config.pad_token_id == 1
     assert config.num_labels == 4, "the caller's config object is left unchanged"
     model.config.num_labels = 1

@@ -9,7 +9,8 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from bt_peft.qlora import head_name, load_qlora_model, lora_targets
+from bt_peft.modeling import head_name
+from bt_peft.qlora import load_qlora_model, lora_targets
 
 from conftest import tiny_llama_config
 
@@ -150,7 +151,14 @@ def test_training_step_on_tiny_llama_updates_lora_and_head(tiny_llama_dir):
     model(**batch).logits[:, 1].sum().backward()
     grads = trainable_grads(model)
     assert all(grad is not None and torch.isfinite(grad).all() for grad in grads.values())
-    assert head_copy(model).weight.grad.abs().sum() > 0
+    assert head_copy(model).weight.grad[1].abs().sum() > 0, "the zero head learns from the first step"
+    assert not any(grad.any() for name, grad in grads.items() if "lora" in name), "through a zero head, no gradient yet"
+
+    model.zero_grad()
+    with torch.no_grad():
+        head_copy(model).weight.normal_(0, 0.05)  # the head after its first steps
+    model(**batch).logits[:, 1].sum().backward()
+    grads = trainable_grads(model)
     assert any("lora_B" in name and grad.abs().sum() > 0 for name, grad in grads.items())
 
 
@@ -180,6 +188,8 @@ def test_bert_classifier_is_unquantized_fp32_trainable(minilm_qlora):
 def test_bert_forward_backward(minilm_qlora):
     model, tokenizer = minilm_qlora
     model.train()
+    with torch.no_grad():  # the head after its first steps (a new head is zero and passes no gradient to LoRA)
+        head_copy(model, "classifier").weight.normal_(0, 0.05)
     batch = tokenizer(["a short text", "a somewhat longer piece of text"], padding=True, return_tensors="pt")
     logits = model(**batch).logits
     assert logits.shape == (2, 2)
@@ -215,14 +225,14 @@ def test_lora_targets_unknown_model_type_names_target_modules():
 
 
 def deterministic_qlora(path):
-    """A fp32, dropout-free QLoRA model whose head and LoRA weights depend only on the seed (B is made non-zero
-    so that the lora_A gradients are non-zero too)."""
+    """A fp32, dropout-free QLoRA model whose head and LoRA weights depend only on the seed (B and the head are made
+    non-zero so that every LoRA gradient is non-zero too)."""
     torch.manual_seed(0)
     model, _ = load_qlora_model(path, compute_dtype=torch.float32, lora_dropout=0.0, gradient_checkpointing=False)
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for name, param in model.named_parameters():
-            if "lora_B" in name:
+            if "lora_B" in name or "modules_to_save" in name:
                 param.copy_(torch.randn(param.shape, generator=generator) * 0.1)
     return model
 

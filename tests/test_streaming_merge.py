@@ -31,6 +31,7 @@ def random_adapter(base: Path, path: Path, **lora_overrides) -> Path:
     with the tokenizer, as `trainer.save_model` lays it out."""
     torch.manual_seed(1)
     model = AutoModelForBradleyTerry.from_pretrained(base, dtype=torch.float32)
+    torch.nn.init.normal_(model.score.weight, std=0.02)  # a trained head, not the new one's zeros
     settings = dict(r=4, lora_alpha=8, target_modules=ATTENTION, modules_to_save=["score"], init_lora_weights=False, task_type="SEQ_CLS")
     get_peft_model(model, LoraConfig(**{**settings, **lora_overrides})).save_pretrained(path)
     load_tokenizer(base).save_pretrained(path)

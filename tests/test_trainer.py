@@ -155,3 +155,10 @@ def test_a_tokenizer_padding_with_eos_gets_a_distinct_pad_token(qlora, tmp_path)
                                         train_dataset=Dataset.from_list(preference_rows()))
     assert trainer.processing_class.pad_token == "<|endoftext|>"
     assert trainer.model.config.pad_token_id == trainer.processing_class.pad_token_id != tokenizer.eos_token_id
+
+
+def test_unused_logit_stays_zero_through_training(trained):
+    trainer, _ = trained
+    head = trainer.model.get_base_model().score.modules_to_save["default"].weight
+    assert not head[0].any(), "row 0 starts at zero and the Bradley-Terry loss never reaches it"
+    assert head[1].abs().sum() > 0, "row 1, the reward, is trained"
