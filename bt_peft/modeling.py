@@ -2,6 +2,7 @@
 
 import logging
 import os
+from collections.abc import Iterable
 from typing import Any, Callable
 
 import torch
@@ -14,6 +15,11 @@ logger = logging.getLogger(__name__)
 ID2LABEL = {0: "unused", 1: "reward"}
 """Written explicitly into every config: transformers 5 omits `num_labels` from `config.json` when it
 equals the default 2, so the labels say it instead. Label 1 is the reward (see `bt_reward`)."""
+
+HEAD_NAMES = ("score", "classifier")
+"""Attribute names of sequence-classification heads in transformers (decoders: `score`; encoders: `classifier`)."""
+
+
 
 _HUB_KWARGS = ("revision", "cache_dir", "token", "subfolder", "trust_remote_code", "local_files_only", "gguf_file")
 
@@ -157,3 +163,22 @@ class AutoModelForBradleyTerry(AutoModelForSequenceClassification):
         """Build a randomly initialised 2-label reward model from a config (used for tests and planning)."""
         config = configure_bradley_terry(config.__class__.from_dict(config.to_dict()))
         return as_bradley_terry(super().from_config(config, **kwargs))
+
+
+def head_of(model: torch.nn.Module) -> str:
+    """Name of the classification head attribute of a sequence-classification model."""
+    for name in HEAD_NAMES:
+        if isinstance(getattr(model, name, None), torch.nn.Module):
+            return name
+    raise ValueError(f"{type(model).__name__} has none of the head attributes {HEAD_NAMES}")
+
+
+def module_matches(name: str, targets: Iterable[str]) -> bool:
+    """peft's rule for a target name: the module `name` is matched when it equals a target or ends in `.target`."""
+    return any(name == target or name.endswith("." + target) for target in targets)
+
+
+def head_name(config: PretrainedConfig) -> str:
+    """Name of the classification head of the architecture, found on the meta device (no weights)."""
+    with torch.device("meta"):
+        return head_of(AutoModelForSequenceClassification.from_config(config))

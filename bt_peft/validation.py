@@ -12,6 +12,7 @@ from peft import PeftConfig
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
 
 from .data import minimal_pair_length
+from .modeling import head_of, module_matches
 
 
 class TrainingSetupError(ValueError):
@@ -62,9 +63,9 @@ def model_skeleton(model_name_or_path: str | os.PathLike, trust_remote_code: boo
         return AutoModelForSequenceClassification.from_config(config, trust_remote_code=trust_remote_code)
 
 
-def _matches(names: list[str], target: str) -> bool:
-    """peft's rule for a target name: a module named `target` or ending in `.target`."""
-    return any(name == target or name.endswith("." + target) for name in names)
+def unmatched(targets: list[str] | set[str], names: list[str]) -> list[str]:
+    """The target names (in their order) that match none of the module `names` by peft's rule (`module_matches`)."""
+    return [target for target in targets if not any(module_matches(name, [target]) for name in names)]
 
 
 def check_lora_targets(model: torch.nn.Module, target_modules: list[str] | set[str] | str | None) -> None:
@@ -76,7 +77,7 @@ def check_lora_targets(model: torch.nn.Module, target_modules: list[str] | set[s
     if isinstance(target_modules, str):
         missing = [] if any(re.fullmatch(target_modules, name) for name in names) else [target_modules]
     else:
-        missing = sorted(target for target in target_modules if not _matches(names, target))
+        missing = sorted(unmatched(target_modules, names))
     if missing:
         linear = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
                          if isinstance(module, torch.nn.Linear)})
@@ -87,15 +88,13 @@ def check_lora_targets(model: torch.nn.Module, target_modules: list[str] | set[s
 
 
 def check_head(model: torch.nn.Module, modules_to_save: list[str] | None) -> None:
-    """`model` must have a head bt-peft knows (`qlora.HEAD_NAMES`), and each name in `modules_to_save` a module."""
-    from .qlora import head_of  # here, not at the top: qlora calls this module
-
+    """`model` must have a head bt-peft knows (`modeling.HEAD_NAMES`), and each name in `modules_to_save` a module."""
     try:
         head = head_of(model)
     except ValueError as error:
         raise TrainingSetupError(f"no classification head to train: {error}") from None
     names = [name for name, _ in model.named_modules()]
-    missing = [name for name in modules_to_save or [] if not _matches(names, name)]
+    missing = unmatched(modules_to_save or [], names)
     if missing:
         raise TrainingSetupError(
             f"modules_to_save {missing} name no module of {type(model).__name__}; its classification head is {head!r}"

@@ -9,7 +9,7 @@ import pytest
 from huggingface_hub import ModelCard
 
 from bt_peft import score
-from bt_peft.loading import load_for_scoring
+from bt_peft.evaluation.loading import load_for_scoring
 from conftest import preference_rows, write_preference_splits
 
 BT_PEFT = Path(sys.executable).parent / "bt-peft"

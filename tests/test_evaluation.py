@@ -7,7 +7,7 @@ import torch
 
 from bt_peft import evaluate_pairs, merge_and_save, prepare_preference_dataset, score
 from bt_peft.data import encode
-from bt_peft.evaluation import bootstrap_accuracy_interval, pair_metrics
+from bt_peft.evaluation.metrics import bootstrap_accuracy_interval, pair_metrics
 from conftest import preference_rows
 
 # margins 1, 0, -1, 4, -0.5: pairs 0 and 3 correct, pair 1 a tie

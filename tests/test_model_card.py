@@ -6,7 +6,7 @@ import torch
 from huggingface_hub import ModelCard
 from huggingface_hub.errors import OfflineModeIsEnabled
 
-from bt_peft.model_card import push_to_hub, upload_files, write_model_card
+from bt_peft.export.model_card import push_to_hub, upload_files, write_model_card
 
 
 def test_card_metadata_and_body_parse_back(tmp_path):
@@ -37,7 +37,7 @@ def test_card_metadata_and_body_parse_back(tmp_path):
 
 def test_loading_code_in_the_card_runs_on_a_merged_checkpoint(trained, tmp_path):
     from bt_peft import merge_and_save, score
-    from bt_peft.loading import load_for_scoring
+    from bt_peft.evaluation.loading import load_for_scoring
 
     _, adapter_dir = trained
     merged = merge_and_save(adapter_dir, tmp_path / "merged", dtype=torch.float32, from_4bit=True)

@@ -9,7 +9,8 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from bt_peft.qlora import head_name, load_qlora_model, lora_targets
+from bt_peft.modeling import head_name
+from bt_peft.training.qlora import load_qlora_model, lora_targets
 
 from conftest import tiny_llama_config
 

@@ -25,19 +25,12 @@ import torch
 from transformers.trainer_pt_utils import set_rng_state_for_device
 from transformers.training_args import ParallelMode
 
-from .atomic import atomic_output_dir
+from ..atomic import atomic_output_dir, write_atomically
 
 TRAINING_ARGS_NAME = "training_args.json"
 TRAINER_STATE_NAME = "trainer_state.json"
 WEIGHTS_NAMES = ("adapter_model.safetensors", "model.safetensors", "model.safetensors.index.json")
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
-
-
-def _write_atomically(path: Path, write) -> None:
-    """`write(tmp_path)` then rename onto `path`: the file is complete under its name or absent."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
 
 
 def _encode(obj: Any, tensors: dict[str, torch.Tensor], where: str) -> Any:
@@ -89,8 +82,8 @@ def save_state(state: Any, directory: str | os.PathLike, name: str) -> None:
     tensors: dict[str, torch.Tensor] = {}
     structure = _encode(state, tensors, name)
     directory = Path(directory)
-    _write_atomically(directory / f"{name}.safetensors", lambda p: safetensors.torch.save_file(tensors, p))
-    _write_atomically(directory / f"{name}.json", lambda p: p.write_text(json.dumps(structure)))
+    write_atomically(directory / f"{name}.safetensors", lambda p: safetensors.torch.save_file(tensors, p))
+    write_atomically(directory / f"{name}.json", lambda p: p.write_text(json.dumps(structure)))
 
 
 def load_state(directory: str | os.PathLike, name: str) -> Any:

@@ -14,17 +14,18 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 from trl import RewardConfig, RewardTrainer
 from trl.trainer.utils import get_config_model_id
 
+from ..data import prepare_preference_dataset
+from ..loss import bradley_terry_loss
+from ..modeling import configure_bradley_terry
+from ..quantization import load_reward_model
+from ..reward import bt_reward
+from ..tokenizer import choose_pad_token, eos_ids_of
+from ..validation import validate_training_setup
 from .checkpointing import SafeCheckpointMixin
 from .config import packing_options
-from .data import prepare_preference_dataset
 from .guards import NonFiniteGuard, NonFiniteGuardMixin
-from .loss import bradley_terry_loss
-from .modeling import configure_bradley_terry
 from .packing import PackedPairCollator, packed_logits, packing_unsupported_reason
-from .qlora import FP16_WARNING, add_lora, load_reward_model
-from .reward import bt_reward
-from .tokenizer import choose_pad_token, eos_ids_of
-from .validation import validate_training_setup
+from .qlora import FP16_WARNING, add_lora
 
 logger = logging.getLogger(__name__)
 

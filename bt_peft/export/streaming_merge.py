@@ -25,9 +25,9 @@ from transformers.pytorch_utils import Conv1D
 from transformers.quantizers.quantizers_utils import should_convert_module
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 
-from .modeling import AutoModelForBradleyTerry
-from .qlora import head_of, nf4_config
-from .safe_loading import refuse_pickle
+from ..modeling import AutoModelForBradleyTerry, head_of
+from ..quantization import nf4_config
+from ..safe_loading import refuse_pickle
 
 SAFETENSORS_DTYPES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16"}
 ADAPTER_PREFIX = "base_model.model."

@@ -6,20 +6,18 @@ tie_tolerance`) counts as wrong in the accuracy (as in RewardBench and the train
 reported separately. A pair's length is the longer of its two sequences in tokens, as the model saw them.
 """
 
-import json
 import os
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
-from pathlib import Path
 
 import datasets
 import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from .data import load_preference_file, prepare_preference_dataset
+from ..atomic import write_json_atomically
+from ..data import load_preference_file, prepare_preference_dataset
 from .loading import load_for_scoring
 from .scoring import score_ids
 
@@ -149,23 +147,6 @@ def pair_metrics(
         "length_buckets": accuracy_by_length(lengths, correct, length_bucket_edges(lengths, length_buckets)),
         "pairs": {"chosen_rewards": chosen.tolist(), "rejected_rewards": rejected.tolist(), "lengths": lengths.tolist()},
     }
-
-
-def write_json_atomically(data: dict, path: str | os.PathLike) -> Path:
-    """Write `data` as indented JSON to a temporary file beside `path`, then rename it into place: readers see the
-    old file or the complete new one, never a partial one. Returns `Path(path)`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, staging = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            json.dump(data, file, indent=2)
-        os.chmod(staging, 0o644)  # mkstemp makes it private; the result is an ordinary file
-        os.replace(staging, path)
-    except BaseException:
-        Path(staging).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def evaluate_pairs(
