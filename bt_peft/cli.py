@@ -261,8 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser(
         "eval",
         dataclass_types=EvalOptions,
-        help="pairwise accuracy with a bootstrap CI, ties, margins, accuracy by length; JSON and PNG plots",
-        description="Evaluate a reward model on preference pairs: accuracy with a 95% bootstrap CI, ties, margins, "
+        help="pairwise accuracy with a Wilson CI, ties, margins, accuracy by length; JSON and PNG plots",
+        description="Evaluate a reward model on preference pairs: accuracy with a 95% Wilson CI, ties, margins, "
         "accuracy by pair length. With --output_dir, writes evaluation.json and rewards/margins/length PNGs.",
     )
     evaluate.add_argument("model", help="merged checkpoint, adapter directory, causal-LM checkpoint or bt_peft:smollm2")

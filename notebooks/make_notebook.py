@@ -80,7 +80,7 @@ trainer = BradleyTerryRewardTrainer(model=model, args=args, train_dataset=train,
 trainer.train()
 adapter_dir = trainer.args.output_dir + "/adapter"
 trainer.save_model(adapter_dir)"""),
-    ("md", "## Evaluate after training: accuracy with a bootstrap CI, margins, accuracy by length"),
+    ("md", "## Evaluate after training: accuracy with a Wilson CI, margins, accuracy by length"),
     ("code", """from IPython.display import Image, display
 
 from bt_peft import plot_evaluation

@@ -88,10 +88,10 @@ def test_evaluation_metrics_rows_of_an_evaluation_result(tmp_path):
     from bt_peft.evaluation import pair_metrics
     from bt_peft.model_card import evaluation_metrics
 
-    results = pair_metrics([1.0, 2.0, 0.5, 0.0], [0.0, 1.0, 1.5, 0.0], [10, 20, 30, 40], bootstrap_samples=200)
+    results = pair_metrics([1.0, 2.0, 0.5, 0.0], [0.0, 1.0, 1.5, 0.0], [10, 20, 30, 40])
     rows = evaluation_metrics(results, "dev: ")
     low, high = results["accuracy_ci"]
-    assert rows == {"dev: pairs": 4, "dev: accuracy": 0.5, "dev: accuracy 95% CI (bootstrap)": f"[{low:.4g}, {high:.4g}]",
+    assert rows == {"dev: pairs": 4, "dev: accuracy": 0.5, "dev: accuracy 95% CI (Wilson)": f"[{low:.4g}, {high:.4g}]",
                     "dev: ties": 1, "dev: margin mean / median": "0.25 / 0.5"}
     card = ModelCard.load(write_model_card(tmp_path, base_model="a/b", metrics=rows)).text
     assert "| dev: accuracy | 0.5 |" in card and "| dev: ties | 1 |" in card

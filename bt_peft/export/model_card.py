@@ -49,7 +49,7 @@ def evaluation_metrics(results: dict, prefix: str = "") -> dict:
     return {
         f"{prefix}pairs": results["n_pairs"],
         f"{prefix}accuracy": results["accuracy"],
-        f"{prefix}accuracy {results['confidence']:.0%} CI (bootstrap)": f"[{low:.4g}, {high:.4g}]",
+        f"{prefix}accuracy {results['confidence']:.0%} CI (Wilson)": f"[{low:.4g}, {high:.4g}]",
         f"{prefix}ties": results["ties"],
         f"{prefix}margin mean / median": f"{results['margin_mean']:.4g} / {results['margin_median']:.4g}",
     }
