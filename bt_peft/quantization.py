@@ -8,6 +8,7 @@ import torch
 from transformers import AutoConfig, BitsAndBytesConfig, PreTrainedModel
 
 from .modeling import AutoModelForBradleyTerry, head_name
+from .upstream import upstream_error
 
 
 def nf4_config(compute_dtype: torch.dtype, quant_storage: torch.dtype | None = None) -> BitsAndBytesConfig:
@@ -45,6 +46,8 @@ def disable_cpu_weight_repacking(model: torch.nn.Module) -> int:
     import bitsandbytes as bnb
 
     layers = [module for module in model.modules() if isinstance(module, bnb.nn.Linear4bit)]
+    if layers and not hasattr(layers[0], "support_avx512bf16_for_cpu"):  # setting it would then do nothing, silently
+        raise upstream_error("bitsandbytes", "Linear4bit.support_avx512bf16_for_cpu")
     for layer in layers:
         layer.support_avx512bf16_for_cpu = False
     return len(layers)

@@ -13,6 +13,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTok
 
 from .data import minimal_pair_length
 from .modeling import head_of, module_matches
+from .upstream import import_internal
 
 
 class TrainingSetupError(ValueError):
@@ -31,9 +32,9 @@ def check_precision(args) -> None:
 def check_4bit_support(device_type: str) -> None:
     """Refuse 4-bit loading when bitsandbytes is missing, too old, or has no back end for `device_type`
     ("cuda", "cpu", ...), naming what to install."""
-    from transformers.utils.import_utils import BITSANDBYTES_MIN_VERSION, is_bitsandbytes_available
-
-    install = f"pip install -U 'bitsandbytes>={BITSANDBYTES_MIN_VERSION}'"
+    minimum = import_internal("transformers", "transformers.utils.import_utils", "BITSANDBYTES_MIN_VERSION")
+    is_bitsandbytes_available = import_internal("transformers", "transformers.utils.import_utils", "is_bitsandbytes_available")
+    install = f"pip install -U 'bitsandbytes>={minimum}'"
     try:
         import bitsandbytes
     except ImportError as error:
@@ -47,9 +48,8 @@ def check_4bit_support(device_type: str) -> None:
             f"{', '.join(supported)}); see https://huggingface.co/docs/bitsandbytes/main/en/installation"
         )
     if device_type == "cuda":
-        from bitsandbytes.cextension import ErrorHandlerMockBNBNativeLibrary, lib
-
-        if isinstance(lib, ErrorHandlerMockBNBNativeLibrary):
+        missing_library = import_internal("bitsandbytes", "bitsandbytes.cextension", "ErrorHandlerMockBNBNativeLibrary")
+        if isinstance(import_internal("bitsandbytes", "bitsandbytes.cextension", "lib"), missing_library):
             raise TrainingSetupError(
                 f"bitsandbytes {bitsandbytes.__version__} has no CUDA library for torch's CUDA {torch.version.cuda}: "
                 f"{install}, or a build matching your CUDA"

@@ -14,7 +14,8 @@ import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "bt_peft"
-CORE = {"reward", "loss", "modeling", "tokenizer", "data", "validation", "safe_loading", "atomic", "quantization", "embedded"}
+CORE = {"reward", "loss", "modeling", "tokenizer", "data", "validation", "safe_loading", "atomic", "quantization", "embedded",
+        "upstream"}
 GROUPS = {"training", "export", "evaluation"}
 TOP = {"bt_peft", "bt_peft.cli", "bt_peft.recipe", "bt_peft.model_card"}
 
