@@ -9,7 +9,9 @@
 Each subcommand's options are a dataclass parsed by `transformers.HfArgumentParser` (help from the field metadata);
 `train` hands its arguments to the recipe's `TrlParser` (`bt_peft.recipe.main`, i.e. `recipes/qlora_llama3.py`).
 Nothing heavy is imported before a subcommand runs (torch, TRL, peft, matplotlib are imported inside `run_*`), so
-`bt-peft --help` and `bt-peft <command> --help` answer at once.
+`bt-peft --help` and `bt-peft <command> --help` answer at once; `bt-peft train --help` prints `train_help.txt`, the
+recipe parser's help written by `scripts/train_help.py` (checked against the live parser by the tests), because
+building that parser imports TRL.
 """
 
 import argparse
@@ -22,6 +24,7 @@ from typing import Literal
 from transformers import HfArgumentParser
 
 Dtype = Literal["bfloat16", "float32", "float16"]
+TRAIN_HELP = Path(__file__).parent / "train_help.txt"
 
 
 @dataclass
@@ -308,6 +311,9 @@ def main(argv: list[str] | None = None) -> int:
     (printed as `bt-peft <command>: error: ...`), 2 on bad usage (argparse)."""
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
+    if args.command == "train" and {"-h", "--help"} & set(rest):
+        print(TRAIN_HELP.read_text(encoding="utf-8"), end="")
+        return 0
     if args.command == "train":
         args.recipe_args = rest  # the recipe's TrlParser reads --config and the overrides (and --help)
     elif rest:
