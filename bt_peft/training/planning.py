@@ -121,7 +121,7 @@ def model_shape(config: PretrainedConfig, lora_r: int = 16, lora_targets: list[s
         config (`PretrainedConfig`): a decoder config (Llama, Mistral, Qwen2, …).
         lora_r (`int`): LoRA rank.
         lora_targets (`list[str]`, *optional*): LoRA target names; default: the architecture's attention
-            projections (`qlora.lora_targets`).
+            projections (`training.qlora.lora_targets`).
 
     Returns:
         `ModelShape`: every `nn.Linear` except the head (and the class's `_keep_in_fp32_modules`) is counted as

@@ -70,7 +70,7 @@ class BradleyTerryRewardTrainer(NonFiniteGuardMixin, SafeCheckpointMixin, Reward
     - data: pairs longer than `max_length` are kept, their prompt cut from the left; what was truncated or
       skipped is printed and kept in `preparation_reports`.
     - trainable parameters keep the dtype the model was given (TRL casts QLoRA adapters and head to bf16).
-    - batches: shared-prefix packing and padding-free rows by default on decoder-only models (`bt_peft.packing`),
+    - batches: shared-prefix packing and padding-free rows by default on decoder-only models (`training.packing`),
       switched by `BradleyTerryRewardConfig.packing`/`padding_free` (a plain `RewardConfig` keeps both on); other
       models, or a `data_collator` you pass, get the batches as before.
     - saving and resuming (`SafeCheckpointMixin`): no pickle anywhere, `save_model(dir, overwrite=False)` atomic,
