@@ -34,7 +34,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerF
 from trl import RewardConfig
 
 from bt_peft import BradleyTerryRewardTrainer, load_qlora_model, plan_memory
-from bt_peft.planning import resolve_config
+from bt_peft.training.planning import resolve_config
 
 GOALS_GIB = {1024: 6.0, 2048: 7.5}
 """Peak VRAM goals for the 8B shape at batch 1 (an 8 GB card)."""

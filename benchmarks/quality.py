@@ -18,7 +18,7 @@ learning rate, epochs, max_length, seed and compute dtype (bf16 by default), eac
 Gradient checkpointing is off in every arm (it changes time, not results). All arms are evaluated on the same dev
 pairs: the first pairs of the dev split that fit `max_length` tokens per side with an EOS appended (so neither
 TRL's filter nor bt-peft's truncation changes them), a multiple of the eval batch size (so the batch means TRL logs
-are exact means over pairs). Printed: dev accuracy with its 95 % interval, dev loss before and after, train loss
+are exact means over pairs). Printed: dev accuracy with its 95 % Wilson interval, dev loss before and after, train loss
 at the end, training time and pairs/s. Written to `--output-dir`: `quality.json` and `train_loss.png` (the
 train-loss curves of every arm, smoothed over `--smooth` logged points).
 """
@@ -91,7 +91,8 @@ def trainer_for(arm: str, options: argparse.Namespace):
     from bt_peft import BradleyTerryRewardTrainer, load_preference_file, load_qlora_model
     from bt_peft.embedded import smollm2_checkpoint
     from bt_peft.modeling import head_of
-    from bt_peft.qlora import lora_targets, nf4_config
+    from bt_peft.quantization import nf4_config
+    from bt_peft.training.qlora import lora_targets
 
     path = smollm2_checkpoint()
     dtype = getattr(torch, options.dtype)
@@ -193,7 +194,7 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(run_arm(options.run_arm, options)))
         return
 
-    from bt_peft.evaluation import bootstrap_accuracy_interval
+    from bt_peft.evaluation.metrics import accuracy_interval
 
     arguments = sys.argv[1:] if argv is None else argv
     results = []
@@ -205,7 +206,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"arm {arm} done: dev accuracy {results[-1]['dev_accuracy']:.3f}", flush=True)
     for result in results:
         correct = round(result["dev_accuracy"] * result["dev_pairs"])
-        result["dev_accuracy_interval"] = bootstrap_accuracy_interval(correct, result["dev_pairs"], 1000, 0, 0.95)
+        result["dev_accuracy_interval"] = accuracy_interval(correct, result["dev_pairs"])
 
     output = Path(options.output_dir)
     output.mkdir(parents=True, exist_ok=True)

@@ -34,7 +34,8 @@ from trl import RewardConfig, RewardTrainer
 from bt_peft import BradleyTerryRewardConfig, BradleyTerryRewardTrainer, load_qlora_model, prepare_preference_dataset
 from bt_peft.data import load_preference_file, to_prompt_and_responses
 from bt_peft.embedded import smollm2_checkpoint
-from bt_peft.qlora import lora_targets, nf4_config
+from bt_peft.quantization import nf4_config
+from bt_peft.training.qlora import lora_targets
 from bt_peft.tokenizer import eos_ids_of, load_tokenizer
 
 HH_TRAIN = "/work/shared/data/hh-rlhf-harmless-base/train.jsonl"

@@ -7,7 +7,11 @@
     bt-peft plan llama-3-8b --batch_size 4 --pair_length 1024 --gpu_gb 24
 
 Each subcommand's options are a dataclass parsed by `transformers.HfArgumentParser` (help from the field metadata);
-`train` hands its arguments to the recipe's `TrlParser` (`bt_peft.pipeline.run_recipe`).
+`train` hands its arguments to the recipe's `TrlParser` (`bt_peft.recipe.main`, i.e. `recipes/qlora_llama3.py`).
+Nothing heavy is imported before a subcommand runs (torch, TRL, peft, matplotlib are imported inside `run_*`), so
+`bt-peft --help` and `bt-peft <command> --help` answer at once; `bt-peft train --help` prints `train_help.txt`, the
+recipe parser's help written by `scripts/train_help.py` (checked against the live parser by the tests), because
+building that parser imports TRL.
 """
 
 import argparse
@@ -17,21 +21,10 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Literal
 
-import torch
-from peft import PeftConfig
 from transformers import HfArgumentParser
 
-from .data import _form, load_preference_file  # _form checks a conversation message by message
-from .evaluation import evaluate_pairs, write_json_atomically
-from .loading import load_for_scoring
-from .merge import merge_and_save
-from .model_card import hub_id, push_to_hub, write_model_card
-from .pipeline import DEMO_DATA, BradleyTerryScriptArguments, load_split, run_recipe
-from .planning import plan_memory
-from .plots import plot_evaluation
-from .scoring import score
-
 Dtype = Literal["bfloat16", "float32", "float16"]
+TRAIN_HELP = Path(__file__).parent / "train_help.txt"
 
 
 @dataclass
@@ -99,12 +92,15 @@ def load_eval_data(data: str, split: str, max_samples: int | None):
     """Preference pairs for `eval`: a .jsonl/.json file, a directory of `<split>.jsonl`, `bt_peft:demo` or a Hub
     dataset id. Returns a `datasets.Dataset`, cut to its first `max_samples` rows when set; raises
     `FileNotFoundError` for a path that does not exist."""
+    from .data import DEMO_DATA, load_preference_file, load_split
+    from .export.model_card import hub_id
+
     if Path(data).is_file() or Path(data).suffix in (".jsonl", ".json"):
         dataset = load_preference_file(data)
         return dataset.select(range(min(max_samples, len(dataset)))) if max_samples else dataset
     if data != DEMO_DATA and not Path(data).is_dir() and hub_id(data) is None:
         raise FileNotFoundError(f"data {data!r}: no such file or directory (nor bt_peft:demo or a Hub dataset id)")
-    return load_split(BradleyTerryScriptArguments(dataset_name=data), split, max_samples)
+    return load_split(data, split, max_samples)
 
 
 def summary_line(name: str, results: dict) -> str:
@@ -118,6 +114,12 @@ def summary_line(name: str, results: dict) -> str:
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from .atomic import write_json_atomically
+    from .evaluation.metrics import evaluate_pairs
+    from .evaluation.plots import plot_evaluation
+
     options = _options(EvalOptions, args)
     dataset = load_eval_data(args.data, options.split, options.max_samples)
     models = [args.model] + ([options.compare] if options.compare else [])
@@ -144,6 +146,8 @@ def read_score_input(path: str) -> list[tuple[dict, object]]:
     """Rows of a `score` input JSONL: `{"text": str}`, `{"messages": [{role, content}, ...]}` or a bare list of
     messages per line (blank lines skipped). Returns `(output row, text or conversation)` pairs; raises `ValueError`
     naming the file and line of a bad row."""
+    from .data import content_form
+
     rows = []
     for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
@@ -158,7 +162,7 @@ def read_score_input(path: str) -> list[tuple[dict, object]]:
         if not isinstance(row, dict):
             raise ValueError(f"{where}: expected an object or a list of messages, got {type(row).__name__}")
         try:
-            form = _form("messages", row["messages"]) if "messages" in row else _form("text", row.get("text"))
+            form = content_form("messages", row["messages"]) if "messages" in row else content_form("text", row.get("text"))
         except ValueError as error:
             raise ValueError(f"{where}: {error}") from None
         if form is None or not row.get(form):
@@ -170,6 +174,11 @@ def read_score_input(path: str) -> list[tuple[dict, object]]:
 
 
 def run_score(args: argparse.Namespace) -> int:
+    import torch
+
+    from .evaluation.loading import load_for_scoring
+    from .evaluation.scoring import score
+
     options = _options(ScoreOptions, args)
     rows = read_score_input(args.input)
     model, tokenizer = load_for_scoring(args.model, compute_dtype=getattr(torch, options.dtype))
@@ -184,6 +193,12 @@ def run_score(args: argparse.Namespace) -> int:
 
 
 def run_merge(args: argparse.Namespace) -> int:
+    import torch
+    from peft import PeftConfig
+
+    from .export.merge import merge_and_save
+    from .export.model_card import push_to_hub, write_model_card
+
     options = _options(MergeOptions, args)
     if not (Path(args.adapter) / "adapter_config.json").is_file():
         raise FileNotFoundError(f"adapter {args.adapter!r}: no adapter_config.json (expected a trainer.save_model directory)")
@@ -206,6 +221,8 @@ def run_merge(args: argparse.Namespace) -> int:
 
 
 def run_plan(args: argparse.Namespace) -> int:
+    from .training.planning import plan_memory
+
     options = _options(PlanOptions, args)
     plan = plan_memory(
         args.config,
@@ -223,6 +240,8 @@ def run_plan(args: argparse.Namespace) -> int:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from .recipe import main as run_recipe
+
     run_recipe(args.recipe_args, prog="bt-peft train")
     return 0
 
@@ -245,8 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser(
         "eval",
         dataclass_types=EvalOptions,
-        help="pairwise accuracy with a bootstrap CI, ties, margins, accuracy by length; JSON and PNG plots",
-        description="Evaluate a reward model on preference pairs: accuracy with a 95% bootstrap CI, ties, margins, "
+        help="pairwise accuracy with a Wilson CI, ties, margins, accuracy by length; JSON and PNG plots",
+        description="Evaluate a reward model on preference pairs: accuracy with a 95% Wilson CI, ties, margins, "
         "accuracy by pair length. With --output_dir, writes evaluation.json and rewards/margins/length PNGs.",
     )
     evaluate.add_argument("model", help="merged checkpoint, adapter directory, causal-LM checkpoint or bt_peft:smollm2")
@@ -292,6 +311,9 @@ def main(argv: list[str] | None = None) -> int:
     (printed as `bt-peft <command>: error: ...`), 2 on bad usage (argparse)."""
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
+    if args.command == "train" and {"-h", "--help"} & set(rest):
+        print(TRAIN_HELP.read_text(encoding="utf-8"), end="")
+        return 0
     if args.command == "train":
         args.recipe_args = rest  # the recipe's TrlParser reads --config and the overrides (and --help)
     elif rest:

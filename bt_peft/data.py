@@ -30,6 +30,8 @@ ROLES = ("system", "user", "assistant", "tool")
 FORMS = {"text": "a string", "messages": "a list of {role, content} messages"}
 TEXT_OR_MESSAGES = "a string or a list of {role, content} messages"
 OPTIONAL_FIELDS = ("prompt", "margin")
+DEMO_DATA = "bt_peft:demo"
+"""`dataset_name` of the bundled demo preference set (`bt_peft/demo_data/demo_{train,dev}.jsonl`)."""
 
 Content = str | list[dict]
 """A text, or a conversation: a list of {"role", "content"} messages."""
@@ -49,7 +51,7 @@ def _field_error(column: str, expected: str, value) -> PreferenceDataError:
     return PreferenceDataError(f"field {column!r}: expected {expected}, got {_found(value)}")
 
 
-def _common_prefix_length(a: str | list, b: str | list) -> int:
+def common_prefix_length(a: str | list, b: str | list) -> int:
     """Length of the common prefix of two strings or lists, by bisection on slice equality (fast on long texts:
     `os.path.commonprefix` compares character by character in Python)."""
     low, high = 0, min(len(a), len(b))
@@ -74,7 +76,7 @@ def split_hh_dialogue(chosen: str, rejected: str) -> tuple[str, str, str]:
     Raises:
         PreferenceDataError: if the texts share no "\\n\\nAssistant:" turn.
     """
-    shared = chosen[: _common_prefix_length(chosen, rejected)]
+    shared = chosen[: common_prefix_length(chosen, rejected)]
     end = shared.rfind(HH_ASSISTANT)
     if end < 0:
         problem = "has no" if HH_ASSISTANT not in chosen or HH_ASSISTANT not in rejected else "share no"
@@ -96,7 +98,7 @@ def _check_messages(column: str, messages: list) -> None:
             raise _field_error(f"{column}[{j}].content", "a string", message.get("content"))
 
 
-def _form(column: str, value) -> str | None:
+def content_form(column: str, value) -> str | None:
     """The form of a prompt/chosen/rejected value: "text", "messages" (checked message by message) or None."""
     if isinstance(value, str):
         return "text"
@@ -126,11 +128,11 @@ def to_prompt_and_responses(example: dict) -> tuple[Content | None, Content, Con
     for column in ("chosen", "rejected"):
         if column not in example:
             raise PreferenceDataError(f"field {column!r} is missing; expected {TEXT_OR_MESSAGES}")
-    form = _form("chosen", example["chosen"])
+    form = content_form("chosen", example["chosen"])
     if form is None:
         raise _field_error("chosen", TEXT_OR_MESSAGES, example["chosen"])
     for column in ("rejected", "prompt") if "prompt" in example else ("rejected",):
-        if _form(column, example[column]) != form:
+        if content_form(column, example[column]) != form:
             every_row = " (a dataset with a prompt field needs one on every row)" if column == "prompt" else ""
             raise _field_error(column, f"{FORMS[form]} like 'chosen'{every_row}", example[column])
     chosen, rejected, prompt = example["chosen"], example["rejected"], example.get("prompt")
@@ -219,7 +221,7 @@ def fit_to_length(ids: list[int], max_length: int | None, special_prefix: list[i
     the BOS, if any). `max_length=None` returns `ids` unchanged."""
     if max_length is None:
         return ids
-    return truncate_left(ids, max_length, _common_prefix_length(ids, special_prefix))
+    return truncate_left(ids, max_length, common_prefix_length(ids, special_prefix))
 
 
 def fit_pair_to_length(
@@ -236,8 +238,8 @@ def fit_pair_to_length(
         `tuple[list[int], list[int]]`: (chosen, rejected), each at most `max_length` ids.
     """
     cut = max(len(chosen), len(rejected)) - max_length
-    keep = _common_prefix_length(chosen, special_prefix)
-    if 0 < cut and keep + cut <= _common_prefix_length(chosen, rejected) and keep < max_length:
+    keep = common_prefix_length(chosen, special_prefix)
+    if 0 < cut and keep + cut <= common_prefix_length(chosen, rejected) and keep < max_length:
         return chosen[:keep] + chosen[keep + cut :], rejected[:keep] + rejected[keep + cut :]
     return fit_to_length(chosen, max_length, special_prefix), fit_to_length(rejected, max_length, special_prefix)
 
@@ -328,9 +330,9 @@ def prepare_preference_dataset(
         if not tokenized:
             chosen, rejected = encode(tokenizer, chosen), encode(tokenizer, rejected)
         if max_length is not None and max(len(chosen), len(rejected)) > max_length:
-            n_prompt = len(encode(tokenizer, prompt)) if prompt is not None else _common_prefix_length(chosen, rejected)
+            n_prompt = len(encode(tokenizer, prompt)) if prompt is not None else common_prefix_length(chosen, rejected)
             truncated += 1
-            if max(len(chosen), len(rejected)) - max_length > n_prompt - _common_prefix_length(chosen, special_prefix):
+            if max(len(chosen), len(rejected)) - max_length > n_prompt - common_prefix_length(chosen, special_prefix):
                 response_cut += 1
             chosen, rejected = fit_pair_to_length(chosen, rejected, max_length, special_prefix)
         if chosen == rejected:
@@ -380,6 +382,30 @@ def load_preference_file(path: str | Path) -> datasets.Dataset:
         rows = [(f"{path} line {n}", _parse_json(line, path, n)) for n, line in lines if line.strip()]
     _check_rows(path, rows)
     return _to_dataset(path, rows)
+
+
+def load_split(
+    dataset_name: str, split: str, limit: int | None = None, *, config: str | None = None, data_dir: str | None = None
+) -> datasets.Dataset:
+    """One split of a preference data set, cut to its first `limit` rows when set.
+
+    Args:
+        dataset_name (`str`): `bt_peft:demo` (the bundled demo set), a local directory holding `<split>.jsonl`
+            files (read by `load_preference_file`), or a Hub dataset id.
+        split (`str`): e.g. "train", "dev", "test".
+        limit (`int`, *optional*): keep the first `limit` rows.
+        config, data_dir (`str`, *optional*): name and `data_dir` of a Hub dataset (e.g. `harmless-base`).
+
+    Returns:
+        `datasets.Dataset`.
+    """
+    if dataset_name == DEMO_DATA:
+        dataset = load_preference_file(Path(__file__).parent / "demo_data" / f"demo_{split}.jsonl")
+    elif Path(dataset_name).is_dir():
+        dataset = load_preference_file(Path(dataset_name) / f"{split}.jsonl")
+    else:
+        dataset = datasets.load_dataset(dataset_name, config, data_dir=data_dir, split=split)
+    return dataset.select(range(min(limit, len(dataset)))) if limit else dataset
 
 
 def _read_utf8(path: Path) -> str:

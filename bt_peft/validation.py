@@ -12,7 +12,8 @@ from peft import PeftConfig
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
 
 from .data import minimal_pair_length
-from .modeling import head_of
+from .modeling import head_of, module_matches
+from .upstream import import_internal
 
 
 class TrainingSetupError(ValueError):
@@ -31,9 +32,9 @@ def check_precision(args) -> None:
 def check_4bit_support(device_type: str) -> None:
     """Refuse 4-bit loading when bitsandbytes is missing, too old, or has no back end for `device_type`
     ("cuda", "cpu", ...), naming what to install."""
-    from transformers.utils.import_utils import BITSANDBYTES_MIN_VERSION, is_bitsandbytes_available
-
-    install = f"pip install -U 'bitsandbytes>={BITSANDBYTES_MIN_VERSION}'"
+    minimum = import_internal("transformers", "transformers.utils.import_utils", "BITSANDBYTES_MIN_VERSION")
+    is_bitsandbytes_available = import_internal("transformers", "transformers.utils.import_utils", "is_bitsandbytes_available")
+    install = f"pip install -U 'bitsandbytes>={minimum}'"
     try:
         import bitsandbytes
     except ImportError as error:
@@ -47,9 +48,8 @@ def check_4bit_support(device_type: str) -> None:
             f"{', '.join(supported)}); see https://huggingface.co/docs/bitsandbytes/main/en/installation"
         )
     if device_type == "cuda":
-        from bitsandbytes.cextension import ErrorHandlerMockBNBNativeLibrary, lib
-
-        if isinstance(lib, ErrorHandlerMockBNBNativeLibrary):
+        missing_library = import_internal("bitsandbytes", "bitsandbytes.cextension", "ErrorHandlerMockBNBNativeLibrary")
+        if isinstance(import_internal("bitsandbytes", "bitsandbytes.cextension", "lib"), missing_library):
             raise TrainingSetupError(
                 f"bitsandbytes {bitsandbytes.__version__} has no CUDA library for torch's CUDA {torch.version.cuda}: "
                 f"{install}, or a build matching your CUDA"
@@ -63,9 +63,9 @@ def model_skeleton(model_name_or_path: str | os.PathLike, trust_remote_code: boo
         return AutoModelForSequenceClassification.from_config(config, trust_remote_code=trust_remote_code)
 
 
-def _matches(names: list[str], target: str) -> bool:
-    """peft's rule for a target name: a module named `target` or ending in `.target`."""
-    return any(name == target or name.endswith("." + target) for name in names)
+def unmatched(targets: list[str] | set[str], names: list[str]) -> list[str]:
+    """The target names (in their order) that match none of the module `names` by peft's rule (`module_matches`)."""
+    return [target for target in targets if not any(module_matches(name, [target]) for name in names)]
 
 
 def check_lora_targets(model: torch.nn.Module, target_modules: list[str] | set[str] | str | None) -> None:
@@ -77,7 +77,7 @@ def check_lora_targets(model: torch.nn.Module, target_modules: list[str] | set[s
     if isinstance(target_modules, str):
         missing = [] if any(re.fullmatch(target_modules, name) for name in names) else [target_modules]
     else:
-        missing = sorted(target for target in target_modules if not _matches(names, target))
+        missing = sorted(unmatched(target_modules, names))
     if missing:
         linear = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
                          if isinstance(module, torch.nn.Linear)})
@@ -94,7 +94,7 @@ def check_head(model: torch.nn.Module, modules_to_save: list[str] | None) -> Non
     except ValueError as error:
         raise TrainingSetupError(f"no classification head to train: {error}") from None
     names = [name for name, _ in model.named_modules()]
-    missing = [name for name in modules_to_save or [] if not _matches(names, name)]
+    missing = unmatched(modules_to_save or [], names)
     if missing:
         raise TrainingSetupError(
             f"modules_to_save {missing} name no module of {type(model).__name__}; its classification head is {head!r}"

@@ -50,17 +50,16 @@ S"""),
     ("code", """import torch
 
 from bt_peft import load_qlora_model
-from bt_peft.pipeline import resolve_model
+from bt_peft.embedded import resolve_model
 
 base_model = resolve_model(S["model"])  # bt_peft:smollm2 -> the embedded checkpoint's directory
 compute_dtype = getattr(torch, S["dtype"])
 model, tokenizer = load_qlora_model(base_model, compute_dtype=compute_dtype, gradient_checkpointing=S["checkpointing"])"""),
     ("md", "## Preference data"),
-    ("code", """from bt_peft.pipeline import BradleyTerryScriptArguments, load_split
+    ("code", """from bt_peft.data import load_split
 
-data = BradleyTerryScriptArguments(dataset_name=S["data"], dataset_data_dir=S["data_dir"])
-train = load_split(data, "train", S["max_train"])
-dev = load_split(data, S["eval_split"], S["max_eval"])
+train = load_split(S["data"], "train", S["max_train"], data_dir=S["data_dir"])
+dev = load_split(S["data"], S["eval_split"], S["max_eval"], data_dir=S["data_dir"])
 len(train), len(dev)"""),
     ("md", "## Evaluate the untrained model (random head: accuracy near chance)"),
     ("code", """from bt_peft import evaluate_pairs
@@ -81,7 +80,7 @@ trainer = BradleyTerryRewardTrainer(model=model, args=args, train_dataset=train,
 trainer.train()
 adapter_dir = trainer.args.output_dir + "/adapter"
 trainer.save_model(adapter_dir)"""),
-    ("md", "## Evaluate after training: accuracy with a bootstrap CI, margins, accuracy by length"),
+    ("md", "## Evaluate after training: accuracy with a Wilson CI, margins, accuracy by length"),
     ("code", """from IPython.display import Image, display
 
 from bt_peft import plot_evaluation

@@ -15,7 +15,7 @@ from datasets import Dataset
 from safetensors.torch import load_file
 
 from bt_peft import BradleyTerryRewardTrainer, load_qlora_model
-from bt_peft.checkpointing import checkpoint_problems, last_complete_checkpoint, load_state, save_state
+from bt_peft.training.checkpointing import checkpoint_problems, last_complete_checkpoint, load_state, save_state
 from conftest import fp32_args, preference_rows
 
 TESTS = Path(__file__).resolve().parent

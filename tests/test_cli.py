@@ -9,10 +9,11 @@ import pytest
 from huggingface_hub import ModelCard
 
 from bt_peft import score
-from bt_peft.loading import load_for_scoring
+from bt_peft.evaluation.loading import load_for_scoring
 from conftest import preference_rows, write_preference_splits
 
 BT_PEFT = Path(sys.executable).parent / "bt-peft"
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def bt_peft(*args, check: bool = True) -> subprocess.CompletedProcess:
@@ -52,6 +53,13 @@ def test_help_of_every_command():
         result = bt_peft(command, "--help")
         assert result.stdout.startswith(f"usage: bt-peft {command}"), result.stdout
         assert text in " ".join(result.stdout.split()), result.stdout  # help text is wrapped to the terminal
+
+
+def test_train_help_is_the_recipe_parsers_help():
+    """`bt-peft train --help` prints a stored copy (no TRL import); it must equal the recipe's live help."""
+    check = subprocess.run([sys.executable, str(ROOT / "scripts" / "train_help.py"), "--check"], capture_output=True,
+                           text=True, timeout=300)
+    assert check.returncode == 0, check.stdout + check.stderr[-2000:]
 
 
 def test_train_writes_adapter_merged_checkpoint_and_model_card(run):

@@ -2,7 +2,7 @@ import pytest
 from trl import RewardConfig
 
 from bt_peft import BradleyTerryRewardConfig
-from bt_peft.config import packing_options
+from bt_peft.training.config import packing_options
 
 
 def test_packing_switches_with_defaults_for_a_plain_reward_config(tmp_path):

@@ -25,7 +25,7 @@ from accelerate.commands.config.config_args import load_config_from_file
 from accelerate.utils import DistributedType
 from safetensors.torch import load_file
 
-from bt_peft.qlora import load_qlora_model
+from bt_peft.training.qlora import load_qlora_model
 from conftest import preference_rows, write_preference_splits
 
 ROOT = Path(__file__).resolve().parents[1]

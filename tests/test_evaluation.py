@@ -7,7 +7,7 @@ import torch
 
 from bt_peft import evaluate_pairs, merge_and_save, prepare_preference_dataset, score
 from bt_peft.data import encode
-from bt_peft.evaluation import bootstrap_accuracy_interval, pair_metrics
+from bt_peft.evaluation.metrics import accuracy_interval, pair_metrics
 from conftest import preference_rows
 
 # margins 1, 0, -1, 4, -0.5: pairs 0 and 3 correct, pair 1 a tie
@@ -51,21 +51,24 @@ def test_tie_tolerance_widens_ties_which_count_as_wrong():
     assert m["ties"] == 4 and m["accuracy"] == pytest.approx(0.2)  # margins 1, 0, -1, -0.5 are ties; only 4 is right
 
 
-def test_bootstrap_interval_hand_checked_cases():
-    assert bootstrap_accuracy_interval(7, 7, 1000, seed=0) == (1.0, 1.0)
-    assert bootstrap_accuracy_interval(0, 7, 1000, seed=0) == (0.0, 0.0)
-    # two pairs, one right: resampled accuracies 0, 0.5, 1 with probabilities 1/4, 1/2, 1/4
-    assert bootstrap_accuracy_interval(1, 2, 1000, seed=0) == (0.0, 1.0)
+Z95 = 1.959963984540054  # the 97.5 % quantile of the standard normal
 
 
-def test_bootstrap_interval_is_reproducible_and_matches_resampling_pairs():
-    assert bootstrap_accuracy_interval(30, 50, 1000, seed=3) == bootstrap_accuracy_interval(30, 50, 1000, seed=3)
-    narrow, wide = bootstrap_accuracy_interval(30, 50, 2000, 0, 0.5), bootstrap_accuracy_interval(30, 50, 2000, 0, 0.99)
+def test_wilson_interval_hand_checked_cases():
+    # all right / none right: (n / (n + z^2), 1) and (0, z^2 / (n + z^2)), not the degenerate [1, 1] / [0, 0]
+    assert accuracy_interval(7, 7) == pytest.approx((7 / (7 + Z95**2), 1.0))
+    assert accuracy_interval(0, 7) == pytest.approx((0.0, Z95**2 / (7 + Z95**2)))
+    # 30 of 50: center (k + z^2/2) / (n + z^2), half-width z sqrt(p(1-p)n + z^2/4) / (n + z^2)
+    p, n, z = 0.6, 50, Z95
+    center, half = (30 + z**2 / 2) / (n + z**2), z * np.sqrt(p * (1 - p) * n + z**2 / 4) / (n + z**2)
+    assert accuracy_interval(30, 50) == pytest.approx((center - half, center + half))
+
+
+def test_wilson_interval_widens_with_confidence():
+    narrow, wide = accuracy_interval(30, 50, 0.5), accuracy_interval(30, 50, 0.99)
     assert wide[0] < narrow[0] <= 0.6 <= narrow[1] < wide[1]
-    correct = np.array([1] * 30 + [0] * 20)
-    resampled = correct[np.random.default_rng(1).integers(0, 50, size=(20000, 50))].mean(axis=1)
-    explicit = np.percentile(resampled, [2.5, 97.5])
-    assert np.allclose(bootstrap_accuracy_interval(30, 50, 20000, seed=0), explicit, atol=0.02)  # one pair = 0.02
+    with pytest.raises(ValueError, match="0 < confidence < 1"):
+        accuracy_interval(30, 50, 1.0)
 
 
 def test_bad_inputs_are_refused():

@@ -9,8 +9,8 @@ from safetensors.torch import load_file
 from transformers import TrainerCallback, TrainerControl, TrainerState
 
 from bt_peft import BradleyTerryRewardTrainer, load_qlora_model
-from bt_peft.checkpointing import checkpoint_problems
-from bt_peft.guards import NonFiniteGuard, NonFiniteLossError
+from bt_peft.training.checkpointing import checkpoint_problems
+from bt_peft.training.guards import NonFiniteGuard, NonFiniteLossError
 from conftest import fp32_args, preference_rows
 
 

@@ -6,7 +6,7 @@ import torch
 from huggingface_hub import ModelCard
 from huggingface_hub.errors import OfflineModeIsEnabled
 
-from bt_peft.model_card import push_to_hub, upload_files, write_model_card
+from bt_peft.export.model_card import push_to_hub, upload_files, write_model_card
 
 
 def test_card_metadata_and_body_parse_back(tmp_path):
@@ -37,7 +37,7 @@ def test_card_metadata_and_body_parse_back(tmp_path):
 
 def test_loading_code_in_the_card_runs_on_a_merged_checkpoint(trained, tmp_path):
     from bt_peft import merge_and_save, score
-    from bt_peft.loading import load_for_scoring
+    from bt_peft.evaluation.loading import load_for_scoring
 
     _, adapter_dir = trained
     merged = merge_and_save(adapter_dir, tmp_path / "merged", dtype=torch.float32, from_4bit=True)
@@ -88,10 +88,10 @@ def test_evaluation_metrics_rows_of_an_evaluation_result(tmp_path):
     from bt_peft.evaluation import pair_metrics
     from bt_peft.model_card import evaluation_metrics
 
-    results = pair_metrics([1.0, 2.0, 0.5, 0.0], [0.0, 1.0, 1.5, 0.0], [10, 20, 30, 40], bootstrap_samples=200)
+    results = pair_metrics([1.0, 2.0, 0.5, 0.0], [0.0, 1.0, 1.5, 0.0], [10, 20, 30, 40])
     rows = evaluation_metrics(results, "dev: ")
     low, high = results["accuracy_ci"]
-    assert rows == {"dev: pairs": 4, "dev: accuracy": 0.5, "dev: accuracy 95% CI (bootstrap)": f"[{low:.4g}, {high:.4g}]",
+    assert rows == {"dev: pairs": 4, "dev: accuracy": 0.5, "dev: accuracy 95% CI (Wilson)": f"[{low:.4g}, {high:.4g}]",
                     "dev: ties": 1, "dev: margin mean / median": "0.25 / 0.5"}
     card = ModelCard.load(write_model_card(tmp_path, base_model="a/b", metrics=rows)).text
     assert "| dev: accuracy | 0.5 |" in card and "| dev: ties | 1 |" in card

@@ -11,7 +11,7 @@ from trl.trainer.reward_trainer import DataCollatorForPreference
 from bt_peft import AutoModelForBradleyTerry, BradleyTerryRewardConfig, BradleyTerryRewardTrainer, bt_reward, load_qlora_model
 from bt_peft.data import prepare_preference_dataset
 from bt_peft.loss import bradley_terry_loss
-from bt_peft.packing import (
+from bt_peft.training.packing import (
     CHOSEN, PADDING, PROMPT, REJECTED, PackedPairCollator, first_fit_decreasing, packed_rewards,
     packing_unsupported_reason, shared_prefix_length,
 )

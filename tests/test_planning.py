@@ -17,7 +17,7 @@ from torch.utils._pytree import tree_flatten
 from transformers import AutoConfig, LlamaForCausalLM, LlamaModel
 
 from bt_peft import MemoryPlan, load_qlora_model, plan_memory
-from bt_peft.planning import (
+from bt_peft.training.planning import (
     FP32,
     LORA_DROPOUT_MASK,
     PRESETS,
@@ -26,7 +26,7 @@ from bt_peft.planning import (
     model_shape,
     resolve_config,
 )
-from bt_peft.qlora import load_reward_model, nf4_config
+from bt_peft.quantization import load_reward_model, nf4_config
 
 from conftest import build_tokenizer, tiny_llama_config
 

@@ -10,7 +10,7 @@ import torch
 from safetensors import safe_open
 
 from bt_peft.modeling import head_name
-from bt_peft.qlora import load_qlora_model, lora_targets
+from bt_peft.training.qlora import load_qlora_model, lora_targets
 
 from conftest import tiny_llama_config
 

@@ -8,8 +8,8 @@ from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, LlamaForCausalLM
 
 from bt_peft import AutoModelForBradleyTerry, merge_and_save, score
-from bt_peft.qlora import load_reward_model, nf4_config
-from bt_peft.streaming_merge import map_checkpoint_keys, quantized_weights, reward_skeleton, write_safetensors
+from bt_peft.quantization import load_reward_model, nf4_config
+from bt_peft.export.streaming_merge import map_checkpoint_keys, quantized_weights, reward_skeleton, write_safetensors
 from bt_peft.tokenizer import load_tokenizer
 from conftest import build_tokenizer, preference_rows, tiny_llama_config
 

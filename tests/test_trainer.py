@@ -7,7 +7,7 @@ from trl import RewardTrainer
 from trl.trainer.reward_trainer import DataCollatorForPreference
 
 from bt_peft import BradleyTerryRewardTrainer, bt_reward, load_qlora_model
-from bt_peft.qlora import load_reward_model, nf4_config
+from bt_peft.quantization import load_reward_model, nf4_config
 from conftest import fp32_args, preference_rows
 
 NF4 = nf4_config(torch.float32)

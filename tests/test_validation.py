@@ -12,10 +12,9 @@ import torch
 from datasets import Dataset
 from peft import LoraConfig
 from transformers import BartConfig, LlamaForSequenceClassification
-from trl import ModelConfig
 
 from bt_peft import BradleyTerryRewardTrainer, load_qlora_model
-from bt_peft.pipeline import BradleyTerryScriptArguments, train_reward_model
+from bt_peft import recipe
 from bt_peft.validation import TrainingSetupError, check_4bit_support, validate_training_setup
 from conftest import build_tokenizer, fp32_args, preference_rows, tiny_llama_config
 
@@ -127,8 +126,8 @@ def test_4bit_without_bitsandbytes_is_refused_before_loading(config_only_dir, mo
         load_qlora_model(config_only_dir)
 
 
-def test_recipe_pipeline_validates_before_loading(config_only_dir, tmp_path):
-    script_args = BradleyTerryScriptArguments(dataset_name=str(tmp_path / "no-data"))
-    model_args = ModelConfig(model_name_or_path=str(config_only_dir), dtype="float32")
+def test_recipe_validates_before_loading(config_only_dir, tmp_path):
+    argv = ["--model_name_or_path", str(config_only_dir), "--dtype", "float32", "--dataset_name", str(tmp_path / "no-data"),
+            "--output_dir", str(tmp_path / "out"), "--fp16", "true", "--use_cpu", "true", "--report_to", "none"]
     with pytest.raises(TrainingSetupError, match="fp16=True needs a CUDA GPU, but use_cpu=True"):
-        train_reward_model(script_args, fp32_args(tmp_path, fp16=True, use_cpu=True), model_args)
+        recipe.main(argv)

@@ -1,4 +1,4 @@
-"""Pairwise evaluation of a reward model: accuracy with a bootstrap confidence interval, margins, reward
+"""Pairwise evaluation of a reward model: accuracy with a Wilson confidence interval, margins, reward
 statistics and accuracy by pair length (`pair_metrics`), on a preference dataset (`evaluate_pairs`).
 
 Conventions: a pair is correct when `chosen - rejected > tie_tolerance`; a tie (`|chosen - rejected| <=
@@ -6,20 +6,19 @@ tie_tolerance`) counts as wrong in the accuracy (as in RewardBench and the train
 reported separately. A pair's length is the longer of its two sequences in tokens, as the model saw them.
 """
 
-import json
 import os
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
-from pathlib import Path
 
 import datasets
 import numpy as np
 import torch
+from scipy.stats import binomtest
 from transformers import PreTrainedTokenizerBase
 
-from .data import load_preference_file, prepare_preference_dataset
+from ..atomic import write_json_atomically
+from ..data import load_preference_file, prepare_preference_dataset
 from .loading import load_for_scoring
 from .scoring import score_ids
 
@@ -27,31 +26,22 @@ QUARTILES = (0.25, 0.5, 0.75)
 """Default length-bucket boundaries: these quantiles of the pair lengths (4 buckets)."""
 
 
-def bootstrap_accuracy_interval(
-    n_correct: int, n_pairs: int, samples: int, seed: int, confidence: float = 0.95
-) -> tuple[float, float]:
-    """Percentile bootstrap confidence interval of an accuracy.
-
-    Resampling `n_pairs` pairs with replacement draws each one correct with probability `n_correct / n_pairs`,
-    so the number correct in a resample is `Binomial(n_pairs, n_correct / n_pairs)`: drawn directly, which is
-    exactly the bootstrap distribution of the accuracy without materializing `samples x n_pairs` indices.
+def accuracy_interval(n_correct: int, n_pairs: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of an accuracy (`scipy.stats.binomtest(...).proportion_ci(method="wilson")`).
 
     Args:
         n_correct (`int`): correct pairs.
         n_pairs (`int`): all pairs (at least 1).
-        samples (`int`): bootstrap resamples (at least 1).
-        seed (`int`): seed of the `numpy` Generator (same seed, same interval).
         confidence (`float`): coverage of the interval, in (0, 1).
 
     Returns:
-        `tuple[float, float]`: the `(1 - confidence) / 2` and `(1 + confidence) / 2` percentiles of the resampled
-        accuracies; `(1.0, 1.0)` when every pair is correct, `(0.0, 0.0)` when none is.
+        `tuple[float, float]`: (low, high); unlike a percentile bootstrap it does not collapse when every pair (or
+        none) is right: 7 of 7 gives about (0.65, 1.0) at 95 %.
     """
-    if n_pairs < 1 or samples < 1 or not 0 < confidence < 1:
-        raise ValueError(f"need n_pairs >= 1, samples >= 1 and 0 < confidence < 1, got {n_pairs}, {samples}, {confidence}")
-    accuracies = np.random.default_rng(seed).binomial(n_pairs, n_correct / n_pairs, size=samples) / n_pairs
-    low, high = np.percentile(accuracies, [50 * (1 - confidence), 50 * (1 + confidence)])
-    return float(low), float(high)
+    if n_pairs < 1 or not 0 < confidence < 1:
+        raise ValueError(f"need n_pairs >= 1 and 0 < confidence < 1, got {n_pairs}, {confidence}")
+    interval = binomtest(n_correct, n_pairs).proportion_ci(confidence_level=confidence, method="wilson")
+    return float(interval.low), float(interval.high)
 
 
 def length_bucket_edges(lengths: np.ndarray, edges: Sequence[int] | None) -> list[int]:
@@ -95,8 +85,6 @@ def pair_metrics(
     rejected_rewards: Sequence[float],
     lengths: Sequence[int],
     *,
-    bootstrap_samples: int = 1000,
-    seed: int = 0,
     confidence: float = 0.95,
     length_buckets: Sequence[int] | None = None,
     tie_tolerance: float = 0.0,
@@ -106,14 +94,14 @@ def pair_metrics(
     Args:
         chosen_rewards, rejected_rewards (`Sequence[float]`): reward of each pair's chosen / rejected sequence.
         lengths (`Sequence[int]`): each pair's length in tokens (the longer of its two sequences).
-        bootstrap_samples (`int`), seed (`int`), confidence (`float`): see `bootstrap_accuracy_interval`.
+        confidence (`float`): coverage of the accuracy's Wilson interval (`accuracy_interval`).
         length_buckets (`Sequence[int]`, *optional*): inner bucket boundaries in tokens, strictly increasing,
             e.g. `[128, 256]` for `<128`, `128-255`, `>=256`; default: the quartiles of `lengths`.
         tie_tolerance (`float`): pairs with `|chosen - rejected| <= tie_tolerance` are ties (wrong in accuracy).
 
     Returns:
         `dict` (JSON-serializable): `n_pairs`, `accuracy`, `accuracy_ci` ([low, high]), `confidence`,
-        `bootstrap_samples`, `seed`, `ties`, `tie_tolerance`, `margin_mean`, `margin_median` (margin = chosen -
+        `ci_method` ("wilson"), `ties`, `tie_tolerance`, `margin_mean`, `margin_median` (margin = chosen -
         rejected), `chosen_reward_mean`, `chosen_reward_std`, `rejected_reward_mean`, `rejected_reward_std`
         (population std), `length_buckets` (see `accuracy_by_length`), and `pairs`: `chosen_rewards`,
         `rejected_rewards`, `lengths` as lists, for plots.
@@ -130,14 +118,13 @@ def pair_metrics(
         raise ValueError(f"tie_tolerance must be >= 0, got {tie_tolerance}")
     margins = chosen - rejected
     correct = margins > tie_tolerance
-    low, high = bootstrap_accuracy_interval(int(correct.sum()), len(margins), bootstrap_samples, seed, confidence)
+    low, high = accuracy_interval(int(correct.sum()), len(margins), confidence)
     return {
         "n_pairs": len(margins),
         "accuracy": float(correct.mean()),
         "accuracy_ci": [low, high],
         "confidence": confidence,
-        "bootstrap_samples": bootstrap_samples,
-        "seed": seed,
+        "ci_method": "wilson",
         "ties": int((np.abs(margins) <= tie_tolerance).sum()),
         "tie_tolerance": tie_tolerance,
         "margin_mean": float(margins.mean()),
@@ -151,23 +138,6 @@ def pair_metrics(
     }
 
 
-def write_json_atomically(data: dict, path: str | os.PathLike) -> Path:
-    """Write `data` as indented JSON to a temporary file beside `path`, then rename it into place: readers see the
-    old file or the complete new one, never a partial one. Returns `Path(path)`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, staging = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            json.dump(data, file, indent=2)
-        os.chmod(staging, 0o644)  # mkstemp makes it private; the result is an ordinary file
-        os.replace(staging, path)
-    except BaseException:
-        Path(staging).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def evaluate_pairs(
     model: torch.nn.Module | str | os.PathLike,
     tokenizer: PreTrainedTokenizerBase | None,
@@ -175,8 +145,6 @@ def evaluate_pairs(
     *,
     max_length: int | None = None,
     batch_size: int = 16,
-    bootstrap_samples: int = 1000,
-    seed: int = 0,
     confidence: float = 0.95,
     length_buckets: Sequence[int] | None = None,
     tie_tolerance: float = 0.0,
@@ -195,7 +163,7 @@ def evaluate_pairs(
             formats, raw HH-RLHF text, `chosen_ids`/`rejected_ids`), or the path of a .jsonl/.json file.
         max_length (`int`, *optional*): as in training: longer pairs are cut from the left (pass the training one).
         batch_size (`int`): sequences per forward (`score_ids`, batched by length).
-        bootstrap_samples, seed, confidence, length_buckets, tie_tolerance: see `pair_metrics`.
+        confidence, length_buckets, tie_tolerance: see `pair_metrics`.
         dtype (`torch.dtype`): compute dtype when `model` is a path (see `load_for_scoring`).
         output_json (`str`, *optional*): also write the result there (atomically).
         progress (`bool`): show a progress bar while scoring.
@@ -226,8 +194,6 @@ def evaluate_pairs(
         rewards[:n].tolist(),
         rewards[n:].tolist(),
         [max(len(c), len(r)) for c, r in zip(chosen, rejected)],
-        bootstrap_samples=bootstrap_samples,
-        seed=seed,
         confidence=confidence,
         length_buckets=length_buckets,
         tie_tolerance=tie_tolerance,

@@ -17,17 +17,23 @@ import torch
 from huggingface_hub import snapshot_download, split_torch_state_dict_into_shards
 from peft import LoraConfig, PeftConfig, PeftType
 from peft.utils import load_peft_weights
-from peft.utils.other import get_pattern_key
 from safetensors import safe_open
 from transformers import AutoConfig, PreTrainedModel
-from transformers.modeling_utils import remove_tied_weights_from_state_dict
 from transformers.pytorch_utils import Conv1D
-from transformers.quantizers.quantizers_utils import should_convert_module
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 
-from .modeling import AutoModelForBradleyTerry, head_of
-from .qlora import nf4_config
-from .safe_loading import refuse_pickle
+from ..modeling import AutoModelForBradleyTerry, head_of
+from ..quantization import nf4_config
+from ..safe_loading import refuse_pickle
+from ..upstream import import_internal
+
+# Internal helpers of peft and transformers, used so that the streaming merge follows their rules exactly (rank and
+# alpha patterns, tied weights, modules left out of quantization); a release that moves one fails here, loudly.
+get_pattern_key = import_internal("peft", "peft.utils.other", "get_pattern_key")
+remove_tied_weights_from_state_dict = import_internal(
+    "transformers", "transformers.modeling_utils", "remove_tied_weights_from_state_dict"
+)
+should_convert_module = import_internal("transformers", "transformers.quantizers.quantizers_utils", "should_convert_module")
 
 SAFETENSORS_DTYPES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16"}
 ADAPTER_PREFIX = "base_model.model."

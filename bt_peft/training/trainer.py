@@ -3,6 +3,7 @@
 import contextlib
 import logging
 import warnings
+from collections import defaultdict
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,25 +15,35 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 from trl import RewardConfig, RewardTrainer
 from trl.trainer.utils import get_config_model_id
 
+from ..data import prepare_preference_dataset
+from ..loss import bradley_terry_loss
+from ..modeling import configure_bradley_terry
+from ..quantization import load_reward_model
+from ..reward import bt_reward
+from ..tokenizer import choose_pad_token, eos_ids_of
+from ..upstream import require_call, require_methods, upstream_error
+from ..validation import validate_training_setup
 from .checkpointing import SafeCheckpointMixin
 from .config import packing_options
-from .data import prepare_preference_dataset
 from .guards import NonFiniteGuard, NonFiniteGuardMixin
-from .loss import bradley_terry_loss
-from .modeling import configure_bradley_terry
 from .packing import PackedPairCollator, packed_logits, packing_unsupported_reason
-from .qlora import FP16_WARNING, add_lora, load_reward_model
-from .reward import bt_reward
-from .tokenizer import choose_pad_token, eos_ids_of
-from .validation import validate_training_setup
+from .qlora import FP16_WARNING, add_lora
 
 logger = logging.getLogger(__name__)
+
+# TRL internals with no public equivalent; each check fails at import, naming the TRL version, if TRL changes it.
+# `_prepare_dataset` is overridden so that every dataset TRL prepares (in `__init__` and `evaluate`) goes through
+# bt-peft's preparation (truncation from the left, no eos appended, the report) instead of TRL's.
+require_methods(RewardTrainer, {"_prepare_dataset": ("dataset", "processing_class", "args", "dataset_name")}, "trl")
+require_call(RewardTrainer, "__init__", ("_prepare_dataset",), "trl")
+require_call(RewardTrainer, "evaluate", ("_prepare_dataset",), "trl")
 
 
 @contextlib.contextmanager
 def _shown_to_trl_as_single_label(model: torch.nn.Module) -> Iterator[None]:
     """TRL's `RewardTrainer.__init__` refuses `num_labels != 1`; the loss is ours, so only that check reads it.
-    The model's own config says 1 label for the duration of the call and 2 again afterwards (no global state)."""
+    The model's own config says 1 label for the duration of the call and 2 again afterwards (no global state).
+    TRL has no public way to skip the check; `pyproject.toml` bounds trl to the tested minor version."""
     config = model.config
     config.num_labels = 1
     try:
@@ -59,7 +70,7 @@ class BradleyTerryRewardTrainer(NonFiniteGuardMixin, SafeCheckpointMixin, Reward
     - data: pairs longer than `max_length` are kept, their prompt cut from the left; what was truncated or
       skipped is printed and kept in `preparation_reports`.
     - trainable parameters keep the dtype the model was given (TRL casts QLoRA adapters and head to bf16).
-    - batches: shared-prefix packing and padding-free rows by default on decoder-only models (`bt_peft.packing`),
+    - batches: shared-prefix packing and padding-free rows by default on decoder-only models (`training.packing`),
       switched by `BradleyTerryRewardConfig.packing`/`padding_free` (a plain `RewardConfig` keeps both on); other
       models, or a `data_collator` you pass, get the batches as before.
     - saving and resuming (`SafeCheckpointMixin`): no pickle anywhere, `save_model(dir, overwrite=False)` atomic,
@@ -118,9 +129,16 @@ class BradleyTerryRewardTrainer(NonFiniteGuardMixin, SafeCheckpointMixin, Reward
                 processing_class=processing_class,
                 **kwargs,
             )
-        for name, param in self.model.named_parameters():
-            if name in trainable:
-                param.data = trainable[name]
+        # TRL casts the trainable parameters of a quantized model to bf16 (no public switch); give back the originals
+        parameters = dict(self.model.named_parameters())
+        if not trainable.keys() <= parameters.keys():
+            raise upstream_error("trl", "RewardTrainer keeping the parameter names of the model it is given")
+        for name, data in trainable.items():
+            parameters[name].data = data
+        self.pair_metrics = {"train": defaultdict(list), "eval": defaultdict(list)}  # logged means, see `log`
+        self.train_tokens = 0
+        config = self.accelerator.parallelism_config  # tensor-parallel ranks see the same batch: count it once
+        self.tensor_parallel_size = config.tp_size if config is not None else 1
         self.non_finite_guard = NonFiniteGuard()
         self.add_callback(self.non_finite_guard)
 
@@ -144,17 +162,25 @@ class BradleyTerryRewardTrainer(NonFiniteGuardMixin, SafeCheckpointMixin, Reward
 
         if mode == "train":
             tokens = self.accelerator.gather_for_metrics(real_tokens.sum()).sum().item()
-            self._total_train_tokens += tokens // self._tp_size
-        self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
+            self.train_tokens += tokens // self.tensor_parallel_size
+        self.pair_metrics[mode]["num_tokens"] = [self.train_tokens]
         with torch.no_grad():
             gather = self.accelerator.gather_for_metrics
             chosen_all, rejected_all = gather(chosen.detach()), gather(rejected.detach())
-            metrics = self._metrics[mode]  # one value per pair, so the logged means are exact over pairs
+            metrics = self.pair_metrics[mode]  # one value per pair, so the logged means are exact over pairs
             metrics["accuracy"].extend((chosen_all > rejected_all).float().tolist())
             metrics["margin"].extend((chosen_all - rejected_all).tolist())
             metrics["chosen_reward"].extend(chosen_all.tolist())
             metrics["rejected_reward"].extend(rejected_all.tolist())
         return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Add the means of the metrics gathered since the last log (`eval_`-prefixed in evaluation) to `logs`."""
+        mode = "train" if self.model.training else "eval"
+        prefix = "eval_" if mode == "eval" else ""
+        logs.update({f"{prefix}{key}": sum(values) / len(values) for key, values in self.pair_metrics[mode].items()})
+        self.pair_metrics[mode].clear()
+        super().log(logs, start_time)
 
 
 def packed_collator(model: torch.nn.Module, args: RewardConfig, pad_token_id: int) -> PackedPairCollator | None:

@@ -7,7 +7,7 @@ from trl import RewardConfig
 
 @dataclass
 class BradleyTerryRewardConfig(RewardConfig):
-    """`trl.RewardConfig` with the batch layout of `BradleyTerryRewardTrainer` (see `bt_peft.packing`).
+    """`trl.RewardConfig` with the batch layout of `BradleyTerryRewardTrainer` (see `bt_peft.training.packing`).
 
     Attributes:
         packing (`bool`): shared-prefix packing: a pair is one sequence `prompt | chosen reply | rejected reply`

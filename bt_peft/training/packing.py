@@ -17,9 +17,9 @@ from typing import Any
 import torch
 from transformers.modeling_layers import GenericForSequenceClassification
 
-from .data import _common_prefix_length
-from .modeling import head_of
-from .reward import bt_reward
+from ..data import common_prefix_length
+from ..modeling import head_of
+from ..reward import bt_reward
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ PADDING = -1
 def shared_prefix_length(chosen: list[int], rejected: list[int]) -> int:
     """Length of the prompt that `chosen` and `rejected` share: their longest common prefix, capped at
     `min(len) - 1` so that each reply keeps at least one token (the one its reward is read at)."""
-    return min(_common_prefix_length(chosen, rejected), len(chosen) - 1, len(rejected) - 1)
+    return min(common_prefix_length(chosen, rejected), len(chosen) - 1, len(rejected) - 1)
 
 
 def first_fit_decreasing(lengths: list[int], capacity: int) -> list[list[int]]:

@@ -1,14 +1,16 @@
-"""Rewards of token ids (`score_ids`) and of texts or conversations (`score`), read exactly as in training."""
+"""Rewards of token ids (`score_ids`) and of texts or conversations (`score`), read exactly as in training; a merged
+checkpoint's rewards next to its trained model's (`compare_with_merged`)."""
 
-from collections.abc import Sequence
+import os
+from collections.abc import Iterable, Sequence
 
 import torch
 from tqdm.auto import tqdm
-from transformers import PreTrainedTokenizerBase
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
 
-from .data import Content, encode, fit_to_length
-from .qlora import disable_cpu_weight_repacking
-from .reward import bt_reward
+from ..data import Content, encode, fit_to_length, to_prompt_and_responses
+from ..quantization import disable_cpu_weight_repacking
+from ..reward import bt_reward
 
 
 @torch.inference_mode()
@@ -80,3 +82,36 @@ def score(
     special_prefix = encode(tokenizer, "")
     ids = [fit_to_length(encode(tokenizer, text), max_length, special_prefix) for text in texts]
     return score_ids(model, tokenizer, ids, batch_size, progress)
+
+
+def compare_with_merged(
+    merged_dir: str | os.PathLike,
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    pairs: Iterable[dict],
+    max_length: int | None = None,
+) -> dict:
+    """Score preference pairs with a merged checkpoint, loaded the plain way (`AutoModelForSequenceClassification`,
+    fp32, its saved tokenizer), and with the model it was merged from.
+
+    Args:
+        merged_dir (`str`): a `merge_and_save` directory.
+        model, tokenizer: the trained model (e.g. 4-bit + adapter) and its tokenizer.
+        pairs (`Iterable[dict]`): preference rows in any supported format (`data.to_prompt_and_responses`).
+        max_length (`int`, *optional*): as in training.
+
+    Returns:
+        `dict`: `merged_vs_trained_max_abs_reward_diff` (the largest difference over all chosen and rejected
+        texts) and `scored_pairs`, the merged checkpoint's `chosen_reward` and `rejected_reward` of each pair.
+    """
+    sides = [to_prompt_and_responses(row) for row in pairs]  # (prompt, chosen, rejected)
+    texts = [side[reply] if side[0] is None else side[0] + side[reply] for reply in (1, 2) for side in sides]
+    merged = AutoModelForSequenceClassification.from_pretrained(merged_dir, dtype=torch.float32)
+    merged_rewards = score(merged, AutoTokenizer.from_pretrained(merged_dir), texts, max_length=max_length)
+    trained_rewards = score(model, tokenizer, texts, max_length=max_length)
+    n = len(sides)
+    return {
+        "merged_vs_trained_max_abs_reward_diff": (merged_rewards - trained_rewards).abs().max().item(),
+        "scored_pairs": [{"chosen_reward": merged_rewards[i].item(), "rejected_reward": merged_rewards[n + i].item()}
+                         for i in range(n)],
+    }

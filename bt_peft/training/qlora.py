@@ -1,23 +1,17 @@
 """Load `AutoModelForBradleyTerry` in 4-bit (NF4, double quant) with LoRA on the attention projections."""
 
-import copy
 import dataclasses
 import os
 import warnings
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
-from transformers import (
-    AutoConfig,
-    BitsAndBytesConfig,
-    PretrainedConfig,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-)
+from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-from .modeling import AutoModelForBradleyTerry, head_of, head_name
-from .tokenizer import eos_ids_of, load_tokenizer
-from .validation import validate_training_setup
+from ..modeling import head_of
+from ..quantization import default_device_map, load_reward_model, nf4_config
+from ..tokenizer import eos_ids_of, load_tokenizer
+from ..validation import validate_training_setup
 
 ATTENTION_PROJECTIONS = {
     "llama": ["q_proj", "k_proj", "v_proj", "o_proj"],
@@ -35,6 +29,7 @@ ATTENTION_PROJECTIONS = {
 
 FP16_WARNING = "fp16 is prone to NaN losses with score heads (peft#1522, trl#3236); prefer bf16"
 
+
 def lora_targets(config: PretrainedConfig) -> list[str]:
     """The attention projections of `config.model_type`; raises `ValueError` for an unknown architecture."""
     if config.model_type not in ATTENTION_PROJECTIONS:
@@ -43,86 +38,6 @@ def lora_targets(config: PretrainedConfig) -> list[str]:
             f"(known: {', '.join(sorted(ATTENTION_PROJECTIONS))})"
         )
     return list(ATTENTION_PROJECTIONS[config.model_type])
-
-
-def nf4_config(compute_dtype: torch.dtype, quant_storage: torch.dtype | None = None) -> BitsAndBytesConfig:
-    """The 4-bit quantization of training (and of the exact merge): NF4 with double quant.
-
-    `quant_storage` is the dtype the packed 4-bit weights are stored in: None keeps bitsandbytes' uint8. FSDP-QLoRA
-    needs the dtype of the model's other parameters (the compute dtype, e.g. bf16), so that FSDP can flatten and
-    shard the 4-bit weights together with them.
-    """
-    return BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type="nf4",
-        bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=compute_dtype,
-        bnb_4bit_quant_storage=quant_storage,
-    )
-
-
-def _cast_input_to_weight_dtype(module: torch.nn.Module, args: tuple) -> tuple:
-    return (args[0].to(module.weight.dtype),) + args[1:]
-
-
-def keep_head_in_float32(head: torch.nn.Module) -> None:
-    """Keep the head's weights in fp32 and feed it fp32 hidden states, so rewards are computed in full precision."""
-    head.to(torch.float32)
-    head.register_forward_pre_hook(_cast_input_to_weight_dtype)
-
-
-def disable_cpu_weight_repacking(model: torch.nn.Module) -> int:
-    """Stop bitsandbytes from repacking 4-bit weights in place on CPUs with AVX512-BF16.
-
-    An eval-mode no-grad forward repacks them for `gemv_4bit`, which has no autograd: a backward afterwards
-    gives silently wrong gradients. Returns the number of `Linear4bit` layers set.
-    """
-    import bitsandbytes as bnb
-
-    layers = [module for module in model.modules() if isinstance(module, bnb.nn.Linear4bit)]
-    for layer in layers:
-        layer.support_avx512bf16_for_cpu = False
-    return len(layers)
-
-
-def default_device_map() -> dict[str, int | str]:
-    """One whole model per process: this process's GPU when there is one, else the CPU."""
-    if torch.cuda.is_available():
-        from accelerate import PartialState
-
-        return {"": PartialState().local_process_index}
-    return {"": "cpu"}
-
-
-def load_reward_model(
-    model_name_or_path: str | os.PathLike,
-    quantization_config: BitsAndBytesConfig | None = None,
-    **kwargs,
-) -> PreTrainedModel:
-    """Load `AutoModelForBradleyTerry` with its head unquantized and in fp32.
-
-    Args:
-        model_name_or_path (`str`): causal-LM or reward checkpoint (Hub id or local directory).
-        quantization_config (`BitsAndBytesConfig`, *optional*): the head is added to its
-            `llm_int8_skip_modules` (a copy is made; the caller's object is unchanged).
-        **kwargs: passed on to `AutoModelForBradleyTerry.from_pretrained` (`dtype`, `device_map`,
-            `allow_pickle`, `trust_remote_code`, …).
-
-    Returns:
-        `PreTrainedModel`: 2-label model; when quantized, CPU weight repacking is disabled (see
-        `disable_cpu_weight_repacking`).
-    """
-    config = AutoConfig.from_pretrained(model_name_or_path, trust_remote_code=kwargs.get("trust_remote_code", False))
-    head = head_name(config)
-    if quantization_config is not None:
-        quantization_config = copy.deepcopy(quantization_config)
-        skipped = list(quantization_config.llm_int8_skip_modules or [])
-        quantization_config.llm_int8_skip_modules = skipped + [head] * (head not in skipped)
-        kwargs["quantization_config"] = quantization_config
-    model = AutoModelForBradleyTerry.from_pretrained(model_name_or_path, **kwargs)
-    disable_cpu_weight_repacking(model)
-    keep_head_in_float32(getattr(model, head))
-    return model
 
 
 def add_lora(model: PreTrainedModel, lora_config: LoraConfig) -> PeftModel:

@@ -7,10 +7,10 @@ import torch
 from peft import PeftConfig, PeftModel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .pipeline import resolve_model
-from .qlora import default_device_map, load_reward_model, nf4_config
-from .safe_loading import load_adapter
-from .tokenizer import eos_ids_of, load_tokenizer
+from ..embedded import resolve_model
+from ..quantization import default_device_map, load_reward_model, nf4_config
+from ..safe_loading import load_adapter
+from ..tokenizer import eos_ids_of, load_tokenizer
 
 
 def load_for_scoring(

@@ -35,10 +35,10 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, PretrainedConfig
 
-from .modeling import AutoModelForBradleyTerry, head_of
+from ..modeling import AutoModelForBradleyTerry, head_of, module_matches
 from .qlora import lora_targets as default_lora_targets
 
-PRESET_DIR = Path(__file__).parent / "presets"
+PRESET_DIR = Path(__file__).parents[1] / "presets"
 PRESETS = {path.stem: path for path in sorted(PRESET_DIR.glob("*.json"))}
 """Bundled configs by name: `llama-3-8b` (Meta-Llama-3-8B), `mistral-7b` (Mistral-7B-v0.3), `qwen2.5-7b`."""
 
@@ -114,11 +114,6 @@ def resolve_config(config: str | os.PathLike | PretrainedConfig) -> PretrainedCo
     raise ValueError(f"{str(config)!r} is neither a preset ({', '.join(PRESETS)}) nor a config.json file or checkpoint directory")
 
 
-def _matches(name: str, targets: list[str]) -> bool:
-    """PEFT's rule: a module is a LoRA target when its name is the target or ends with `.` + target."""
-    return any(name == target or name.endswith("." + target) for target in targets)
-
-
 def model_shape(config: PretrainedConfig, lora_r: int = 16, lora_targets: list[str] | None = None) -> ModelShape:
     """Count the parameters of the 2-label reward model of `config` as `load_qlora_model` would load it.
 
@@ -126,7 +121,7 @@ def model_shape(config: PretrainedConfig, lora_r: int = 16, lora_targets: list[s
         config (`PretrainedConfig`): a decoder config (Llama, Mistral, Qwen2, …).
         lora_r (`int`): LoRA rank.
         lora_targets (`list[str]`, *optional*): LoRA target names; default: the architecture's attention
-            projections (`qlora.lora_targets`).
+            projections (`training.qlora.lora_targets`).
 
     Returns:
         `ModelShape`: every `nn.Linear` except the head (and the class's `_keep_in_fp32_modules`) is counted as
@@ -141,10 +136,10 @@ def model_shape(config: PretrainedConfig, lora_r: int = 16, lora_targets: list[s
     kept = [head, *(getattr(model, "_keep_in_fp32_modules", None) or [])]
     quantized, lora_params, lora_inputs = [], 0, 0
     for name, module in model.named_modules():
-        if not isinstance(module, torch.nn.Linear) or _matches(name, kept):
+        if not isinstance(module, torch.nn.Linear) or module_matches(name, kept):
             continue
         quantized.append(module.weight.numel())
-        if _matches(name, targets):
+        if module_matches(name, targets):
             lora_params += lora_r * (module.in_features + module.out_features)
             lora_inputs += module.in_features
     if lora_params == 0:

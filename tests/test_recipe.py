@@ -1,4 +1,4 @@
-"""The recipe end to end, as a user runs it: a real subprocess over a YAML config."""
+"""The recipe end to end, as a user runs it: a real subprocess over a YAML config; the data sets it reads."""
 
 import json
 import subprocess
@@ -9,7 +9,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from bt_peft import bt_reward
-from bt_peft.pipeline import DEMO_DATA, BradleyTerryScriptArguments, load_split
+from bt_peft.data import DEMO_DATA, load_split
 from conftest import preference_rows
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "qlora_llama3.py"
@@ -43,12 +43,10 @@ def test_recipe_trains_evaluates_merges_and_scores(tiny_llama_dir, tmp_path):
 
 
 def test_demo_data_is_bundled_with_the_package():
-    args = BradleyTerryScriptArguments(dataset_name=DEMO_DATA)
-    train, dev = load_split(args, "train", None), load_split(args, "dev", 10)
+    train, dev = load_split(DEMO_DATA, "train"), load_split(DEMO_DATA, "dev", 10)
     assert len(train) == 400 and len(dev) == 10
-    assert not set(train["prompt"]) & set(load_split(args, "dev", None)["prompt"])
+    assert not set(train["prompt"]) & set(load_split(DEMO_DATA, "dev")["prompt"])
 
 
 def test_shared_hh_directory_loads_by_split(hh_dir):
-    args = BradleyTerryScriptArguments(dataset_name=str(hh_dir))
-    assert len(load_split(args, "train", None)) == 1112 and len(load_split(args, "dev", 50)) == 50
+    assert len(load_split(str(hh_dir), "train")) == 1112 and len(load_split(str(hh_dir), "dev", 50)) == 50

@@ -7,10 +7,10 @@ import torch
 from peft import PeftConfig
 from transformers import AutoTokenizer
 
-from .atomic import atomic_output_dir
+from ..atomic import atomic_output_dir
+from ..quantization import load_reward_model, nf4_config
+from ..safe_loading import load_adapter
 from .model_card import write_model_card
-from .qlora import load_reward_model, nf4_config
-from .safe_loading import load_adapter
 from .streaming_merge import streaming_merge
 
 

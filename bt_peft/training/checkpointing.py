@@ -22,22 +22,34 @@ from typing import Any
 import numpy as np
 import safetensors.torch
 import torch
-from transformers.trainer_pt_utils import set_rng_state_for_device
+from transformers import Trainer
 from transformers.training_args import ParallelMode
 
-from .atomic import atomic_output_dir
+from ..atomic import atomic_output_dir, write_atomically
+from ..upstream import import_internal, require_call, require_methods
 
 TRAINING_ARGS_NAME = "training_args.json"
 TRAINER_STATE_NAME = "trainer_state.json"
 WEIGHTS_NAMES = ("adapter_model.safetensors", "model.safetensors", "model.safetensors.index.json")
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
-
-def _write_atomically(path: Path, write) -> None:
-    """`write(tmp_path)` then rename onto `path`: the file is complete under its name or absent."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
+# The `Trainer` hooks `SafeCheckpointMixin` overrides (no public API chooses how checkpoints are written), with the
+# parameters it expects, and the methods that must still call them; checked at import against transformers.
+HOOKS = {
+    "_save": ("output_dir", "state_dict"),
+    "_save_optimizer_and_scheduler": ("output_dir",),
+    "_load_optimizer_and_scheduler": ("checkpoint",),
+    "_save_scaler": ("output_dir",),
+    "_load_scaler": ("checkpoint",),
+    "_save_rng_state": ("output_dir",),
+    "_load_rng_state": ("checkpoint",),
+}
+require_methods(Trainer, HOOKS, "transformers")
+require_call(Trainer, "save_model", ("_save",), "transformers")
+require_call(Trainer, "_save_checkpoint", ("_save_optimizer_and_scheduler", "_save_scaler", "_save_rng_state"), "transformers")
+require_call(Trainer, "_prepare_for_training", ("_load_optimizer_and_scheduler", "_load_scaler"), "transformers")
+require_call(Trainer, "_run_epoch", ("_load_rng_state",), "transformers")
+set_rng_state_for_device = import_internal("transformers", "transformers.trainer_pt_utils", "set_rng_state_for_device")
 
 
 def _encode(obj: Any, tensors: dict[str, torch.Tensor], where: str) -> Any:
@@ -89,8 +101,8 @@ def save_state(state: Any, directory: str | os.PathLike, name: str) -> None:
     tensors: dict[str, torch.Tensor] = {}
     structure = _encode(state, tensors, name)
     directory = Path(directory)
-    _write_atomically(directory / f"{name}.safetensors", lambda p: safetensors.torch.save_file(tensors, p))
-    _write_atomically(directory / f"{name}.json", lambda p: p.write_text(json.dumps(structure)))
+    write_atomically(directory / f"{name}.safetensors", lambda p: safetensors.torch.save_file(tensors, p))
+    write_atomically(directory / f"{name}.json", lambda p: p.write_text(json.dumps(structure)))
 
 
 def load_state(directory: str | os.PathLike, name: str) -> Any:

@@ -1,0 +1,1 @@
+../recipes/qlora_llama3.py
