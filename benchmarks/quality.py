@@ -19,8 +19,9 @@ Gradient checkpointing is off in every arm (it changes time, not results). All a
 pairs: the first pairs of the dev split that fit `max_length` tokens per side with an EOS appended (so neither
 TRL's filter nor bt-peft's truncation changes them), a multiple of the eval batch size (so the batch means TRL logs
 are exact means over pairs). Printed: dev accuracy with its 95 % Wilson interval, dev loss before and after, train loss
-at the end, training time and pairs/s. Written to `--output-dir`: `quality.json` and `train_loss.png` (the
-train-loss curves of every arm, smoothed over `--smooth` logged points).
+at the end, training time and pairs/s. Written to `--output-dir`: `arms/<arm>.json` as each arm finishes,
+`quality.json` and `train_loss.png` (the train-loss curves of every arm, smoothed over `--smooth` logged points).
+An interrupted run resumes: an arm whose `arms/<arm>.json` was written with the same settings is not run again.
 """
 
 import argparse
@@ -197,19 +198,26 @@ def main(argv: list[str] | None = None) -> None:
     from bt_peft.evaluation.metrics import accuracy_interval
 
     arguments = sys.argv[1:] if argv is None else argv
+    output = Path(options.output_dir)
+    (output / "arms").mkdir(parents=True, exist_ok=True)
+    settings = {name: value for name, value in vars(options).items() if name not in ("arms", "smooth", "output_dir")}
     results = []
     for arm in arms:
+        saved = output / "arms" / f"{arm}.json"
+        if saved.exists() and json.loads(saved.read_text())["options"] == settings:
+            results.append(json.loads(saved.read_text())["result"])
+            print(f"arm {arm}: reusing {saved}", flush=True)
+            continue
         child = subprocess.run([sys.executable, __file__, *arguments, "--run-arm", arm], capture_output=True, text=True)
         if child.returncode != 0:
             sys.exit(f"arm {arm} failed:\n{child.stderr[-4000:]}")
         results.append(json.loads(child.stdout.strip().splitlines()[-1]))
+        saved.write_text(json.dumps({"options": settings, "result": results[-1]}, indent=2))
         print(f"arm {arm} done: dev accuracy {results[-1]['dev_accuracy']:.3f}", flush=True)
     for result in results:
         correct = round(result["dev_accuracy"] * result["dev_pairs"])
         result["dev_accuracy_interval"] = accuracy_interval(correct, result["dev_pairs"])
 
-    output = Path(options.output_dir)
-    output.mkdir(parents=True, exist_ok=True)
     (output / "quality.json").write_text(json.dumps({"options": vars(options), "results": results}, indent=2))
     plot(results, options.batch_size, options.smooth, output / "train_loss.png")
     print(f"\nSmolLM2-135M 4-bit, {options.dtype}, batch {options.batch_size}, lr {options.learning_rate}, "
