@@ -61,7 +61,7 @@ model, tokenizer = load_qlora_model(base_model, compute_dtype=compute_dtype, gra
 train = load_split(S["data"], "train", S["max_train"], data_dir=S["data_dir"])
 dev = load_split(S["data"], S["eval_split"], S["max_eval"], data_dir=S["data_dir"])
 len(train), len(dev)"""),
-    ("md", "## Evaluate the untrained model (random head: accuracy near chance)"),
+    ("md", "## Evaluate the untrained model (its new head is zero: every reward 0, every pair a tie)"),
     ("code", """from bt_peft import evaluate_pairs
 
 before = evaluate_pairs(model, tokenizer, dev, max_length=S["max_length"], batch_size=16)
