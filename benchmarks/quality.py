@@ -146,6 +146,11 @@ def run_arm(arm: str, options: argparse.Namespace) -> dict:
     }
 
 
+def moving_average(values: list[float], window: int) -> list[float]:
+    """The mean of each value and the up to `window - 1` values before it."""
+    return [sum(values[max(0, i - window + 1): i + 1]) / len(values[max(0, i - window + 1): i + 1]) for i in range(len(values))]
+
+
 def plot(results: list[dict], batch_size: int, smooth: int, path: Path) -> None:
     """Train-loss curves (moving average over `smooth` logged points) against pairs seen."""
     import matplotlib
@@ -156,10 +161,7 @@ def plot(results: list[dict], batch_size: int, smooth: int, path: Path) -> None:
     figure, axes = plt.subplots(figsize=(8, 4.5))
     for result in results:
         steps, losses = zip(*result["train_loss"])
-        window = min(smooth, len(losses))
-        averaged = [sum(losses[max(0, i - window + 1): i + 1]) / len(losses[max(0, i - window + 1): i + 1])
-                    for i in range(len(losses))]
-        axes.plot([step * batch_size for step in steps], averaged,
+        axes.plot([step * batch_size for step in steps], moving_average(list(losses), smooth),
                   label=f"{ARMS[result['arm']]}: dev acc {result['dev_accuracy']:.3f}")
     axes.axhline(0.6931, color="grey", linestyle=":", label="ln 2 (chance)")
     axes.set_xlabel("training pairs seen")
@@ -227,7 +229,7 @@ def main(argv: list[str] | None = None) -> None:
           f"{'(before)':>10}{'train loss':>11}{'train s':>9}{'pairs/s':>9}")
     for result in results:
         low, high = result["dev_accuracy_interval"]
-        last = sum(loss for _, loss in result["train_loss"][-options.smooth:]) / len(result["train_loss"][-options.smooth:])
+        last = moving_average([loss for _, loss in result["train_loss"]], options.smooth)[-1]
         print(f"{ARMS[result['arm']]:<34}{result['settings']['num_train_epochs']:>7}{result['settings']['learning_rate']:>9.0e}"
               f"{result['dev_accuracy']:>9.3f}{f'{low:.3f}-{high:.3f}':>15}{result['dev_loss']:>10.4f}"
               f"{result['dev_loss_before']:>10.4f}{last:>11.4f}{result['train_seconds']:>9.0f}{result['pairs_per_s']:>9.2f}")

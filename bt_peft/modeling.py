@@ -168,8 +168,9 @@ class AutoModelForBradleyTerry(AutoModelForSequenceClassification):
             `config.num_labels == 2`, `config.pad_token_id` set (the eos id when it was unset), and the
             Bradley-Terry `save_pretrained`. A checkpoint without a head (a causal LM) gets a new 2-label head set
             to zero (`zero_head`); one whose head has another number of labels gets a new zero head, with a
-            warning. With `output_loading_info=True`, `(model, loading_info)` as transformers returns it. `trust_remote_code` is False unless passed: a checkpoint that
-            needs custom code raises transformers' `ValueError` instead of running it.
+            warning. With `output_loading_info=True`, `(model, loading_info)` as transformers returns it.
+            `trust_remote_code` is False unless passed: a checkpoint that needs custom code raises transformers'
+            `ValueError` instead of running it.
         """
         kwargs = safe_pretrained_kwargs(pretrained_model_name_or_path, allow_pickle, kwargs)
         kwargs.pop("num_labels", None)
