@@ -8,8 +8,9 @@ from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, LlamaForCausalLM
 
 from bt_peft import AutoModelForBradleyTerry, merge_and_save, score
-from bt_peft.quantization import load_reward_model, nf4_config
-from bt_peft.export.streaming_merge import map_checkpoint_keys, quantized_weights, reward_skeleton, write_safetensors
+from bt_peft.quantization import load_reward_model, nf4_config, nf4_device
+from bt_peft.export.streaming_merge import (map_checkpoint_keys, nf4_roundtrip, quantized_weights, reward_skeleton,
+                                           write_safetensors)
 from bt_peft.tokenizer import load_tokenizer
 from conftest import build_tokenizer, preference_rows, tiny_llama_config
 
@@ -156,3 +157,18 @@ def test_write_safetensors_writes_what_safetensors_reads(tmp_path, dtype):
     assert loaded.keys() == tensors.keys() and all(torch.equal(loaded[key], tensors[key]) for key in tensors)
     with pytest.raises(RuntimeError, match="came out"):
         write_safetensors(tmp_path / "y.safetensors", {"a": [8]}, dtype, tensors.__getitem__)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_weightwise_nf4_roundtrip_equals_loading_in_nf4_and_dequantizing(tiny_llama_dir, dtype):
+    """The exact route's weight-by-weight round trip (both merge routes use it, on the GPU when there is one) gives
+    bitwise what transformers' NF4 loading followed by `dequantize` gives, for every quantized weight."""
+    reference = load_reward_model(tiny_llama_dir, nf4_config(dtype), dtype=dtype, device_map={"": "cpu"}).dequantize(dtype=dtype)
+    original = load_reward_model(tiny_llama_dir, dtype=dtype).state_dict()
+    expected = reference.state_dict()
+    keys = quantized_weights(reward_skeleton(reference.config))
+    assert len(keys) == 14
+    for key in keys:
+        roundtrip = nf4_roundtrip(original[key], nf4_device())
+        assert roundtrip.device.type == "cpu" and roundtrip.dtype == dtype
+        assert not torch.equal(roundtrip, original[key]) and torch.equal(roundtrip, expected[key]), key

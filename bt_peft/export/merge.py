@@ -8,21 +8,24 @@ from peft import PeftConfig
 from transformers import AutoTokenizer
 
 from ..atomic import atomic_output_dir
-from ..quantization import load_reward_model, nf4_config
+from ..quantization import load_reward_model, nf4_device
 from ..safe_loading import load_adapter
 from .model_card import write_model_card
-from .streaming_merge import streaming_merge
+from .streaming_merge import nf4_roundtrip, quantized_weights, streaming_merge
 
 
 def merge_in_memory(adapter_dir: str | os.PathLike, output_dir: Path, base: str | os.PathLike, dtype: torch.dtype,
-                    from_4bit: bool, max_shard_size: int | str, pad_token_id: int | None) -> None:
-    """The whole base in RAM: load it (in NF4 then dequantized with `from_4bit`), apply the adapter with peft,
-    `merge_and_unload`, and `save_pretrained` into `output_dir` (arguments as in `merge_and_save`)."""
+                    from_4bit: bool, max_shard_size: int | str, pad_token_id: int | None,
+                    device: str | torch.device | None = None) -> None:
+    """The whole base in RAM: load it in `dtype` on the CPU (with `from_4bit`, every weight bitsandbytes quantizes is
+    round-tripped through NF4 on `device`, one at a time, as loading in NF4 and `dequantize` do), apply the adapter
+    with peft, `merge_and_unload`, and `save_pretrained` into `output_dir` (arguments as in `merge_and_save`)."""
+    model = load_reward_model(base, dtype=dtype)
     if from_4bit:
-        model = load_reward_model(base, nf4_config(dtype), dtype=dtype, device_map={"": "cpu"})
-        model = model.dequantize(dtype=dtype)
-    else:
-        model = load_reward_model(base, dtype=dtype)
+        device = nf4_device(device)
+        parameters = dict(model.named_parameters())
+        for key in sorted(quantized_weights(model)):
+            parameters[key].data = nf4_roundtrip(parameters[key].data, device)
     model = load_adapter(model, adapter_dir).merge_and_unload()
     model.to(dtype)
     model.config.pad_token_id = pad_token_id
@@ -38,6 +41,7 @@ def merge_and_save(
     max_shard_size: int | str = "5GB",
     low_memory: bool = True,
     overwrite: bool = False,
+    device: str | torch.device | None = None,
 ) -> Path:
     """Merge a LoRA adapter (with its trained head) into the base model and save a full checkpoint.
 
@@ -61,6 +65,8 @@ def merge_and_save(
             Gemma, Phi-3, …) and a plain LoRA adapter on linear layers; otherwise it raises a `ValueError` saying
             so, and `low_memory=False` loads the whole base (any architecture and LoRA variant peft can merge).
         overwrite (`bool`): replace a non-empty `output_dir`; otherwise `FileExistsError` names it (before any work).
+        device (`str | torch.device`, *optional*): where `from_4bit`'s NF4 round trip runs, one weight at a time
+            (results come back to the CPU to be merged and written); default: the GPU when there is one, else the CPU.
 
     Returns:
         `Path` of `output_dir`, holding safetensors weights (sharded with `model.safetensors.index.json` when larger
@@ -72,7 +78,7 @@ def merge_and_save(
     tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
     merge = streaming_merge if low_memory else merge_in_memory
     with atomic_output_dir(output_dir, overwrite=overwrite) as staging:
-        merge(adapter_dir, staging, base, dtype, from_4bit, max_shard_size, tokenizer.pad_token_id)
+        merge(adapter_dir, staging, base, dtype, from_4bit, max_shard_size, tokenizer.pad_token_id, device)
         tokenizer.save_pretrained(staging)
         write_model_card(staging, base_model=str(base), from_4bit=from_4bit)
     return Path(output_dir)

@@ -23,7 +23,7 @@ from transformers.pytorch_utils import Conv1D
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 
 from ..modeling import AutoModelForBradleyTerry, head_of
-from ..quantization import nf4_config
+from ..quantization import nf4_config, nf4_device
 from ..safe_loading import refuse_pickle
 from ..upstream import import_internal
 
@@ -182,16 +182,18 @@ def quantized_weights(skeleton: PreTrainedModel) -> set[str]:
             if type(module) is torch.nn.Linear and should_convert_module(name, skipped)}
 
 
-def nf4_roundtrip(weight: torch.Tensor) -> torch.Tensor:
+def nf4_roundtrip(weight: torch.Tensor, device: torch.device) -> torch.Tensor:
     """`weight` quantized with `nf4_config` (NF4, double quant, blocksize 64) as transformers does when loading, then
-    dequantized as `model.dequantize` does; same dtype as `weight`."""
+    dequantized as `model.dequantize` does, both on `device` (see `nf4_device`); returned on `weight`'s device in its
+    dtype. Only this one weight (and its 4-bit copy) is on `device` at a time."""
     import bitsandbytes as bnb
 
     config = nf4_config(weight.dtype)
     quantized = bnb.nn.Params4bit(weight, requires_grad=False, quant_type=config.bnb_4bit_quant_type,
                                   compress_statistics=config.bnb_4bit_use_double_quant,
-                                  quant_storage=config.bnb_4bit_quant_storage).to(weight.device)
-    return bnb.functional.dequantize_4bit(quantized.data, quantized.quant_state).to(weight.dtype)
+                                  quant_storage=config.bnb_4bit_quant_storage).to(device)
+    dequantized = bnb.functional.dequantize_4bit(quantized.data, quantized.quant_state)
+    return dequantized.to(weight.device, weight.dtype)
 
 
 def read_tensor(path: Path, key: str) -> torch.Tensor:
@@ -229,6 +231,7 @@ def streaming_merge(
     from_4bit: bool,
     max_shard_size: int | str,
     pad_token_id: int | None,
+    device: str | torch.device | None = None,
 ) -> None:
     """Merge an adapter into its base weight by weight and write the reward checkpoint's weights and config.
 
@@ -242,6 +245,8 @@ def streaming_merge(
             NF4 before merging, as the in-memory exact route does.
         max_shard_size (`int | str`): shard size, split as `save_pretrained` splits.
         pad_token_id (`int`, *optional*): written into `config.json` (the tokenizer's pad id).
+        device (`str | torch.device`, *optional*): where the NF4 round trip runs (`from_4bit`), one weight at a time;
+            default: the GPU when there is one (`nf4_device`). The LoRA delta is added on the CPU either way.
 
     Output (in `output_dir`): `model.safetensors` or `model-0000k-of-0000n.safetensors` with
     `model.safetensors.index.json`, and `config.json` (2 labels, `id2label`, `pad_token_id`, `dtype`). Peak memory:
@@ -266,13 +271,14 @@ def streaming_merge(
         if [delta.B.shape[0], delta.A.shape[1]] != shapes[key]:
             raise ValueError(f"streaming merge: LoRA {key} is {delta.B.shape[0]}x{delta.A.shape[1]}, the weight {shapes[key]}")
     quantized = quantized_weights(skeleton) if from_4bit else set()
+    device = nf4_device(device)
 
     def merged(key: str) -> torch.Tensor:
         if key in replaced:
             return replaced[key].to(dtype)
         weight = read_tensor(checkpoint[sources[key]][0], sources[key]).to(dtype)
         if key in quantized:
-            weight = nf4_roundtrip(weight)
+            weight = nf4_roundtrip(weight, device)
         if key in deltas:
             weight += (deltas[key].B @ deltas[key].A) * deltas[key].scaling
         return weight
