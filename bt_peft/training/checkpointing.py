@@ -5,10 +5,14 @@ A `checkpoint-N/` written by `SafeCheckpointMixin` holds:
 - `adapter_model.safetensors`, `adapter_config.json`, tokenizer files: the adapter and head (`save_model`);
 - `optimizer.{safetensors,json}`, `scheduler.{safetensors,json}`, `scaler.{…}` (fp16 only): tensors in
   safetensors, the rest of the state dict's structure in JSON (`save_state`);
-- `rng_state.{safetensors,json}`: Python, NumPy, torch CPU and CUDA generators;
+- `rng_state.{safetensors,json}`: Python, NumPy, torch CPU and CUDA generators; with several processes, one
+  `rng_state_{k}.{safetensors,json}` per process k, and `processes.json` (`{"world_size": n}`), written by the main
+  process once every process has written its RNG file;
 - `trainer_state.json` (global step, hence the data position; written last by the Trainer), `training_args.json`.
 
-No `.bin`/`.pt`/`.pth` file is written, and resuming reads no pickle.
+No `.bin`/`.pt`/`.pth` file is written, and resuming reads no pickle. A checkpoint counts as complete only when every
+file is there (`checkpoint_problems`): a save killed part-way, on any process, is skipped by `last_complete_checkpoint`,
+and the previous checkpoint is rotated away only after the new one is complete.
 """
 
 import json
@@ -25,11 +29,12 @@ import torch
 from transformers import Trainer
 from transformers.training_args import ParallelMode
 
-from ..atomic import atomic_output_dir, write_atomically
-from ..upstream import import_internal, require_call, require_methods
+from ..atomic import atomic_output_dir, write_atomically, write_json_atomically
+from ..upstream import import_internal, require_attributes, require_call, require_methods
 
 TRAINING_ARGS_NAME = "training_args.json"
 TRAINER_STATE_NAME = "trainer_state.json"
+PROCESSES_NAME = "processes.json"
 WEIGHTS_NAMES = ("adapter_model.safetensors", "model.safetensors", "model.safetensors.index.json")
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
@@ -112,6 +117,27 @@ def load_state(directory: str | os.PathLike, name: str) -> Any:
     return _decode(json.loads((directory / f"{name}.json").read_text()), tensors)
 
 
+def rng_state_names(checkpoint: Path) -> tuple[list[str], list[str]]:
+    """The RNG state files a checkpoint must hold, and what is wrong with its record of them.
+
+    Returns:
+        (`names`, `problems`): `["rng_state"]` for a single-process checkpoint; `rng_state_0` … `rng_state_{n-1}` for
+        one whose `processes.json` says `n` processes saved it. A checkpoint with per-process RNG files but no readable
+        `processes.json` is one whose processes did not all finish saving: no names, one problem.
+    """
+    try:
+        world_size = json.loads((checkpoint / PROCESSES_NAME).read_text())["world_size"]
+    except FileNotFoundError:
+        if any(checkpoint.glob("rng_state_*")):
+            return [], [f"no {PROCESSES_NAME} (a multi-process save whose processes did not all finish)"]
+        return ["rng_state"], []
+    except (OSError, ValueError, KeyError, TypeError):
+        return [], [f"no readable {PROCESSES_NAME}"]
+    if not isinstance(world_size, int) or world_size < 2:
+        return [], [f"{PROCESSES_NAME}: world_size must be an integer >= 2, got {world_size!r}"]
+    return [f"rng_state_{rank}" for rank in range(world_size)], []
+
+
 def checkpoint_problems(checkpoint: str | os.PathLike) -> list[str]:
     """What keeps `checkpoint` from being resumed exactly; empty when it is complete.
 
@@ -119,17 +145,17 @@ def checkpoint_problems(checkpoint: str | os.PathLike) -> list[str]:
         checkpoint (`str`): a `checkpoint-N` directory.
 
     Returns:
-        `list[str]`: missing or unreadable files (a checkpoint interrupted while being written, one saved with
-        `save_only_model=True`, or one written by plain transformers with pickle files).
+        `list[str]`: missing or unreadable files (a checkpoint interrupted while being written, on any of the
+        processes that save it, one saved with `save_only_model=True`, or one written by plain transformers with
+        pickle files).
     """
     path = Path(checkpoint)
     if not path.is_dir():
         return [f"{path} is not a directory"]
-    problems = []
+    rng_names, problems = rng_state_names(path)
     if not any((path / name).is_file() for name in WEIGHTS_NAMES):
         problems.append(f"no weights ({' or '.join(WEIGHTS_NAMES)})")
-    rng = "rng_state_0" if (path / "rng_state_0.json").is_file() else "rng_state"  # one file per process when several
-    for name in ("optimizer", "scheduler", rng):
+    for name in ("optimizer", "scheduler", *rng_names):
         missing = [f"{name}{suffix}" for suffix in (".safetensors", ".json") if not (path / f"{name}{suffix}").is_file()]
         problems += [f"no {file}" for file in missing]
     try:
@@ -161,8 +187,11 @@ class SafeCheckpointMixin:
 
     - `save_model(output_dir, overwrite=False)`: writes into a temporary directory beside `output_dir` and renames
       it into place when complete. A non-empty `output_dir` is refused unless `overwrite=True` (which replaces it
-      whole). The Trainer's own checkpoint saves replace their `checkpoint-N` (written in place with several
-      processes). `args.output_dir` itself (the run directory, holding the checkpoints) is written in place.
+      whole). The Trainer's own checkpoint saves replace their `checkpoint-N`; with several processes it is written
+      in place by all of them, and becomes complete only when the last file is there: each process writes its own
+      RNG file, all wait for each other, then the main process writes `processes.json` and the Trainer
+      `trainer_state.json` (re-saving an existing `checkpoint-N` first removes those two, so it is never read half
+      old, half new). `args.output_dir` itself (the run directory, holding the checkpoints) is written in place.
     - `train(resume_from_checkpoint=True)` resumes from the last *complete* checkpoint; an explicit path that is
       incomplete raises `ValueError` listing what is missing.
     - DeepSpeed and FSDP checkpoints are refused (their engines save their own, pickled, state).
@@ -178,17 +207,36 @@ class SafeCheckpointMixin:
         """
         run_dir = Path(self.args.output_dir).absolute()
         shared_checkpoint = _internal_call and self.args.world_size > 1  # other processes write their RNG files into it
+        if shared_checkpoint:
+            self._mark_incomplete(Path(output_dir))
         if output_dir is None or Path(output_dir).absolute() == run_dir or not self.args.should_save or shared_checkpoint:
             return super().save_model(output_dir, _internal_call)
         with atomic_output_dir(output_dir, overwrite=overwrite or _internal_call) as staging:
             super().save_model(str(staging), _internal_call)
 
+    def _mark_incomplete(self, checkpoint: Path) -> None:
+        """Before a multi-process save into `checkpoint`: the main process removes the files that make an existing
+        one complete, and every process waits for that, so no process writes into a checkpoint that still reads as
+        complete."""
+        if self.args.should_save:
+            for name in (TRAINER_STATE_NAME, PROCESSES_NAME):
+                (checkpoint / name).unlink(missing_ok=True)
+        self.accelerator.wait_for_everyone()
+
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """Upstream's `Trainer._save` without pickle: the main process writes the weights, tokenizer and training
+        arguments (JSON); the other processes return, except when transformers sharded the model at load time
+        (tensor parallelism), where they join `save_pretrained`'s gathers, as upstream's do."""
         output_dir = Path(output_dir if output_dir is not None else self.args.output_dir)
+        require_attributes(self, ("is_distributed_loading_by_transformers",), "transformers.Trainer", "transformers")
+        if not self.args.should_save and not self.is_distributed_loading_by_transformers:
+            return
+        if self.args.should_save:
+            output_dir.mkdir(parents=True, exist_ok=True)
+        self.accelerator.unwrap_model(self.model, keep_torch_compile=False).save_pretrained(
+            output_dir, state_dict=state_dict, is_main_process=self.args.should_save)
         if not self.args.should_save:
             return
-        output_dir.mkdir(parents=True, exist_ok=True)
-        self.accelerator.unwrap_model(self.model, keep_torch_compile=False).save_pretrained(output_dir, state_dict=state_dict)
         if self.processing_class is not None:
             self.processing_class.save_pretrained(output_dir)
         (output_dir / TRAINING_ARGS_NAME).write_text(self.args.to_json_string())
@@ -230,9 +278,20 @@ class SafeCheckpointMixin:
             states["cuda"] = torch.cuda.random.get_rng_state_all() if distributed else torch.cuda.random.get_rng_state()
         os.makedirs(output_dir, exist_ok=True)
         save_state(states, output_dir, self._rng_name())
+        if self.args.world_size > 1:  # the last per-process file of the checkpoint: now it can be marked whole
+            self.accelerator.wait_for_everyone()
+            if self.args.should_save:
+                write_json_atomically({"world_size": self.args.world_size}, Path(output_dir) / PROCESSES_NAME)
 
     def _load_rng_state(self, checkpoint: str | None) -> None:
         if checkpoint is None:
+            return
+        if not (Path(checkpoint) / f"{self._rng_name()}.json").is_file():
+            saved = rng_state_names(Path(checkpoint))[0]
+            warnings.warn(f"{checkpoint} was saved by {max(len(saved), 1)} process(es), this run has {self.args.world_size}: "
+                          f"it has no {self._rng_name()}.json, so the random generators are not restored and the "
+                          "resumed run will not repeat the interrupted one exactly (resume with as many processes "
+                          "for that)", stacklevel=2)
             return
         states = load_state(checkpoint, self._rng_name())
         random.setstate(states["python"])
