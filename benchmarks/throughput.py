@@ -49,7 +49,10 @@ LORA = dict(r=16, lora_alpha=32, lora_dropout=0.05)
 
 
 def model_path(name: str, workdir: Path) -> Path:
-    """The SmolLM2 checkpoint, or a tiny random Llama with SmolLM2's tokenizer saved under `workdir`."""
+    """The SmolLM2 checkpoint, a tiny random Llama with SmolLM2's tokenizer saved under `workdir`, or `name` itself
+    when it is a checkpoint directory."""
+    if Path(name).is_dir():
+        return Path(name)
     checkpoint = smollm2_checkpoint()
     if name == "smollm2":
         return checkpoint
@@ -154,7 +157,7 @@ def run_arm(arm: str, options: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", choices=["smollm2", "tiny"], default="smollm2")
+    parser.add_argument("--model", default="smollm2", help="smollm2, tiny, or a local checkpoint directory")
     parser.add_argument("--data", default=HH_TRAIN, help="HH-RLHF jsonl (raw chosen/rejected dialogues)")
     parser.add_argument("--batch-size", type=int, default=8, help="pairs per step")
     parser.add_argument("--max-length", type=int, default=512)

@@ -43,11 +43,11 @@ def checkpoints(tiny_llama_dir, tmp_path_factory):
     }
 
 
-def load(path, **kwargs):
-    """A fp32 QLoRA reward model in train mode (gradient checkpointing on), its LoRA B and head made non-zero (as
-    after some training) so that rewards differ and every adapter weight gets a gradient."""
+def load(path, compute_dtype=torch.float32, **kwargs):
+    """A QLoRA reward model (fp32 unless told) in train mode (gradient checkpointing on), its LoRA B and head made
+    non-zero (as after some training) so that rewards differ and every adapter weight gets a gradient."""
     torch.manual_seed(0)
-    model, tokenizer = load_qlora_model(path, compute_dtype=torch.float32, lora_dropout=0.0, **kwargs)
+    model, tokenizer = load_qlora_model(path, compute_dtype=compute_dtype, lora_dropout=0.0, **kwargs)
     with torch.no_grad():
         for name, param in model.named_parameters():
             if "lora_B" in name or "modules_to_save" in name:

@@ -1,0 +1,396 @@
+"""Every GPU-only check of bt-peft in one command, printed as one table (one H100/H200-class GPU, < 8 min, offline).
+
+    python benchmarks/gpu_check.py                   # on the GPU machine (see benchmarks/README.md for the bundle)
+    python benchmarks/gpu_check.py --cpu-smoke       # the same code on tiny models on the CPU (CI, ~2 min)
+    python benchmarks/gpu_check.py --only packing,merge --json results.json
+
+Sections (each guarded: one that fails prints FAIL with its error and the others still run):
+    packing     packed vs padded rewards and LoRA/head gradients, fp32 and bf16, SDPA and FlexAttention, forward and
+                backward (the comparison of tests/test_packing.py, on a random SmolLM2-135M-shaped 4-bit model)
+    defect3     `BradleyTerryRewardTrainer(<path>, peft_config=LoraConfig(...))` without 4-bit: one training step
+                (issue 12, defect 3: the Trainer moves the model to CUDA, trainable weights must stay there)
+    merge       the exact merge (`from_4bit=True`) with its NF4 round trip on the CPU and on CUDA: max abs difference
+                of the merged weights and of the rewards of the two merged checkpoints
+    vram        peak VRAM of QLoRA training of a Llama-3-8B-shaped model at 1,024- and 2,048-token pairs, batch 1,
+                against `plan_memory` (goal: within 10 %) and the goals (<= 6.0 / <= 7.5 GiB). Measured on the 8B
+                shape with 2 and 4 decoder layers (random bf16 weights; embedding, vocab and widths as in 8B) and
+                extrapolated linearly to 32 layers (weights and checkpointed activations grow by layer; the
+                plan is made for the same layer counts and compared directly, then for 32)
+    throughput  pairs/s of stock `trl.RewardTrainer` + peft (arm a of benchmarks/throughput.py) vs ours
+                (`BradleyTerryRewardTrainer` defaults, arm d), same model, HH pairs, batch and steps, one run each
+    recipe      `recipes/qlora_llama3.py` end to end with the demo config on the random small Llama (train, eval,
+                merge from 4-bit, reload with plain transformers, compare rewards)
+
+Models are random (nothing is downloaded): the small one has SmolLM2-135M's shape with the tests' 400-token BPE
+tokenizer; `--cpu-smoke` uses the tests' 2-layer, 64-wide Llama instead, and reports n/a where only a GPU can
+measure (VRAM, CPU-vs-CUDA NF4, FlexAttention backward). bt_peft is imported from this source tree (not installed);
+bitsandbytes, trl and datasets may come from the bundle of `benchmarks/prepare_gpu_bundle.sh` (`.gpu_bundle/site`,
+put on `sys.path` here and for the child processes when it exists). Exit status: 0 when no check FAILs, 1 otherwise.
+"""
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BUNDLE_SITE = ROOT / ".gpu_bundle" / "site"
+BUNDLE_HH = ROOT / ".gpu_bundle" / "data" / "hh-rlhf-harmless-base"
+SHARED_HH = ROOT.parent / "shared" / "data" / "hh-rlhf-harmless-base"
+IMPORT_PATHS = [str(BUNDLE_SITE)] * BUNDLE_SITE.is_dir() + [str(ROOT), str(ROOT / "tests"), str(ROOT / "benchmarks")]
+sys.path[:0] = IMPORT_PATHS  # bt_peft from this tree; the tests' and benchmarks' helpers, reused as they are
+
+import torch  # noqa: E402
+
+SECTIONS = ("packing", "defect3", "merge", "vram", "throughput", "recipe")
+SMALL_SHAPE = dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+                   num_key_value_heads=3, max_position_embeddings=2048, tie_word_embeddings=True)
+"""SmolLM2-135M's shape (its vocabulary aside)."""
+PACKING_TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 5e-2}
+"""Max abs reward difference (and gradient difference over max(1, max |gradient|)) of packed vs padded batches:
+fp32 as tests/test_packing.py; bf16 ~12 ulps at magnitude 1 (the two layouts round differently in every layer)."""
+MERGE_REWARD_TOLERANCE = 1e-2
+"""Max abs reward difference of the CPU- and CUDA-rounded bf16 merges (a block scale off by its last bit moves a
+weight by ~1e-3 relative; bf16 rewards of a random 30-layer model are only good to ~1e-2)."""
+PLAN_TOLERANCE = 0.10
+VRAM_LAYERS = (2, 4)
+FULL_LAYERS = 32
+
+
+@dataclasses.dataclass
+class Row:
+    section: str
+    check: str
+    result: str
+    limit: str = ""
+    status: str = "PASS"  # PASS, FAIL or INFO (measured, nothing to pass)
+
+
+@dataclasses.dataclass
+class Context:
+    smoke: bool
+    device: str
+    work: Path
+    hh_dir: Path
+    env: dict[str, str]
+    small_model: Path | None = None
+
+    def hh_file(self, split: str) -> Path:
+        """`<hh_dir>/<split>.jsonl`; `FileNotFoundError` saying how to get it when it is not there."""
+        path = self.hh_dir / f"{split}.jsonl"
+        if not path.is_file():
+            raise FileNotFoundError(f"no HH-RLHF {path}: pass --data DIR or build the bundle "
+                                    "(benchmarks/prepare_gpu_bundle.sh)")
+        return path
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The training compute dtype of the run: bf16 on a GPU, fp32 on the CPU."""
+        return torch.float32 if self.smoke else torch.bfloat16
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "FAIL"
+
+
+def small_model(ctx: Context) -> Path:
+    """The random small causal-LM Llama (SmolLM2-135M's shape; the tests' tiny one with --cpu-smoke), saved once."""
+    if ctx.small_model is None:
+        from transformers import LlamaForCausalLM
+
+        from conftest import build_tokenizer, tiny_llama_config
+
+        tokenizer = build_tokenizer()
+        torch.manual_seed(0)
+        config = tiny_llama_config(len(tokenizer), **({} if ctx.smoke else SMALL_SHAPE))
+        path = ctx.work / "small-llama"
+        LlamaForCausalLM(config).save_pretrained(path)
+        tokenizer.save_pretrained(path)
+        ctx.small_model = path
+    return ctx.small_model
+
+
+def max_gradient_difference(gradients: dict, reference: dict) -> float:
+    """Max over trainable weights of max |difference| / max(1, max |reference gradient|) (test_packing's measure)."""
+    return max((gradients[name] - reference[name]).abs().max().item() / max(1.0, reference[name].abs().max().item())
+               for name in reference)
+
+
+def check_packing(ctx: Context) -> list[Row]:
+    from test_packing import examples, load, rewards_and_gradients, standard_rewards
+
+    from bt_peft.training.packing import PackedPairCollator, packed_rewards
+
+    rows = []
+    for dtype in (torch.float32, torch.bfloat16):
+        for attention in ("sdpa", "flex_attention"):
+            name = f"{str(dtype).removeprefix('torch.')} {attention}"
+            if ctx.smoke and attention == "flex_attention" and dtype == torch.bfloat16:
+                rows.append(Row("packing", name, "n/a on the CPU (torch's CPU FlexAttention fails to compile in bf16)",
+                                "", "INFO"))
+                continue
+            try:
+                model, tokenizer = load(small_model(ctx), compute_dtype=dtype, attn_implementation=attention)
+                pairs = examples(tokenizer, ctx.hh_file("dev").parent, max_length=64 if ctx.smoke else 512)
+                collator = PackedPairCollator(tokenizer.pad_token_id)
+                backward = not (ctx.smoke and attention == "flex_attention")  # torch has no CPU FlexAttention backward
+                if backward:
+                    expected, expected_grads = rewards_and_gradients(
+                        model, lambda: standard_rewards(model, tokenizer, pairs, "right"))
+                    actual, grads = rewards_and_gradients(model, lambda: packed_rewards(model, collator(pairs)))
+                else:
+                    with torch.no_grad():
+                        expected = torch.cat(standard_rewards(model, tokenizer, pairs, "right"))
+                        actual = torch.cat(packed_rewards(model, collator(pairs)))
+                tolerance = PACKING_TOLERANCE[dtype]
+                reward_diff = (actual.float() - expected.float()).abs().max().item()
+                rows.append(Row("packing", f"{name} rewards ({len(pairs)} pairs)", f"max diff {reward_diff:.2e}",
+                                f"<= {tolerance:.0e}", verdict(reward_diff <= tolerance)))
+                if backward:
+                    grad_diff = max_gradient_difference(grads, expected_grads)
+                    rows.append(Row("packing", f"{name} LoRA+head grads ({len(grads)})",
+                                    f"max rel diff {grad_diff:.2e}", f"<= {tolerance:.0e}", verdict(grad_diff <= tolerance)))
+                else:
+                    rows.append(Row("packing", f"{name} backward", "n/a on the CPU", "", "INFO"))
+                del model
+            except Exception as error:  # noqa: BLE001 - one combination failing must not hide the others
+                rows.append(failure("packing", name, error))
+    return rows
+
+
+def check_defect3(ctx: Context) -> list[Row]:
+    """Issue 12 defect 3: a model given by name, LoRA without 4-bit, no device_map: one step on the Trainer's device."""
+    from datasets import Dataset
+    from peft import LoraConfig
+
+    from bt_peft import BradleyTerryRewardConfig, BradleyTerryRewardTrainer
+    from conftest import preference_rows
+
+    args = BradleyTerryRewardConfig(output_dir=str(ctx.work / "defect3"), per_device_train_batch_size=4, max_steps=1,
+                                    learning_rate=1e-4, bf16=not ctx.smoke, use_cpu=ctx.smoke, report_to=[],
+                                    save_strategy="no", logging_steps=1, max_length=64, disable_tqdm=True, seed=0)
+    lora = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], task_type="SEQ_CLS")
+    trainer = BradleyTerryRewardTrainer(str(small_model(ctx)), args=args, peft_config=lora,
+                                        train_dataset=Dataset.from_list(preference_rows()))
+    trainer.train()
+    devices = {param.device.type for param in trainer.model.parameters() if param.requires_grad}
+    loss = next(entry["loss"] for entry in trainer.state.log_history if "loss" in entry)
+    ok = devices == {ctx.device} and math.isfinite(loss)
+    return [Row("defect3", "name + LoraConfig, no 4-bit: 1 step",
+                f"loss {loss:.4f}, trainable on {','.join(sorted(devices))}", f"on {ctx.device}", verdict(ok))]
+
+
+def merged_rewards(directory: Path, texts: list[str], device: str) -> torch.Tensor:
+    """Rewards of a merged checkpoint loaded with plain transformers, one text at a time (no padding involved)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from bt_peft import bt_reward
+
+    model = AutoModelForSequenceClassification.from_pretrained(directory).to(device)
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    with torch.no_grad():
+        return torch.cat([bt_reward(model(**tokenizer(text, return_tensors="pt").to(device)).logits).float().cpu()
+                          for text in texts])
+
+
+def check_merge(ctx: Context) -> list[Row]:
+    """The exact merge's NF4 round trip on the CPU and on CUDA (`--cpu-smoke`: the CPU twice, a check of the path)."""
+    from test_streaming_merge import TEXTS, random_adapter, weights
+
+    from bt_peft import merge_and_save
+
+    adapter = random_adapter(small_model(ctx), ctx.work / "merge-adapter")
+    dtype = ctx.dtype
+    merged = {route: merge_and_save(adapter, ctx.work / f"merged-nf4-{route}", dtype=dtype, from_4bit=True, device=device)
+              for route, device in (("cpu", "cpu"), ("device", ctx.device))}
+    cpu_weights, device_weights = weights(merged["cpu"]), weights(merged["device"])
+    differing = sum(int((cpu_weights[key] != device_weights[key]).sum()) for key in cpu_weights)
+    total = sum(tensor.numel() for tensor in cpu_weights.values())
+    weight_diff = max((cpu_weights[key].float() - device_weights[key].float()).abs().max().item() for key in cpu_weights)
+    reward_diff = (merged_rewards(merged["cpu"], TEXTS, ctx.device)
+                   - merged_rewards(merged["device"], TEXTS, ctx.device)).abs().max().item()
+    label = f"CPU vs {'CPU (smoke: no CUDA)' if ctx.smoke else 'CUDA'} NF4, {str(dtype).removeprefix('torch.')}"
+    return [Row("merge", f"{label}: weights", f"max diff {weight_diff:.2e}, {differing}/{total} differ", "reported", "INFO"),
+            Row("merge", f"{label}: rewards ({len(TEXTS)} texts)", f"max diff {reward_diff:.2e}",
+                f"<= {MERGE_REWARD_TOLERANCE:.0e}", verdict(reward_diff <= MERGE_REWARD_TOLERANCE))]
+
+
+def check_vram(ctx: Context) -> list[Row]:
+    """Peak VRAM at 2 and 4 layers of the 8B shape, extrapolated to 32 (the tiny shape at 1 and 2 layers on the CPU)."""
+    import gc
+
+    from gpu_memory import GOALS_GIB, PROMPT_FRACTION, benchmark_config, run_length, save_random_checkpoint
+
+    from bt_peft import load_qlora_model, plan_memory
+
+    lengths = (64,) if ctx.smoke else (1024, 2048)
+    layer_counts = (1, 2) if ctx.smoke else VRAM_LAYERS
+    full = benchmark_config(ctx.smoke)
+    measured, rows = {}, []
+    for layers in layer_counts:
+        config = benchmark_config(ctx.smoke)
+        config.num_hidden_layers = layers
+        checkpoint = save_random_checkpoint(config, ctx.work / f"vram-{layers}-layers")
+        for length in lengths:
+            model, tokenizer = load_qlora_model(checkpoint, compute_dtype=ctx.dtype, attn_implementation="sdpa",
+                                                device_map={"": 0} if not ctx.smoke else {"": "cpu"})
+            result = run_length(model, tokenizer, length, 1, 3, ctx.work / f"vram-run-{layers}-{length}", not ctx.smoke)
+            del model
+            gc.collect()
+            plan = plan_memory(config, batch_size=1, pair_length=length, packing=False, prompt_fraction=PROMPT_FRACTION,
+                               compute_dtype=ctx.dtype).peak_allocated / 2**30
+            measured[layers, length] = result["peak_gib"]
+            if result["peak_gib"] is None:
+                rows.append(Row("vram", f"{layers} layers, {length}-token pairs", f"ran (plan {plan:.3f} GiB)",
+                                "n/a on the CPU", "INFO"))
+            else:
+                ratio = result["peak_gib"] / plan
+                rows.append(Row("vram", f"{layers} layers, {length}-token pairs",
+                                f"{result['peak_gib']:.2f} GiB, plan {plan:.2f} ({ratio:.0%})",
+                                f"plan +-{PLAN_TOLERANCE:.0%}", verdict(abs(ratio - 1) <= PLAN_TOLERANCE)))
+    if ctx.smoke:
+        return rows
+    low, high = layer_counts
+    for length in lengths:
+        per_layer = (measured[high, length] - measured[low, length]) / (high - low)
+        extrapolated = measured[low, length] + per_layer * (FULL_LAYERS - low)
+        plan = plan_memory(full, batch_size=1, pair_length=length, packing=False, prompt_fraction=PROMPT_FRACTION,
+                           compute_dtype=ctx.dtype).peak_allocated / 2**30
+        ratio, goal = extrapolated / plan, GOALS_GIB[length]
+        rows.append(Row("vram", f"8B ({FULL_LAYERS} layers, extrapolated), {length} vs plan",
+                        f"{extrapolated:.2f} GiB, plan {plan:.2f} ({ratio:.0%})", f"plan +-{PLAN_TOLERANCE:.0%}",
+                        verdict(abs(ratio - 1) <= PLAN_TOLERANCE)))
+        rows.append(Row("vram", f"8B ({FULL_LAYERS} layers, extrapolated), {length} vs goal",
+                        f"{extrapolated:.2f} GiB", f"<= {goal} GiB", verdict(extrapolated <= goal)))
+    return rows
+
+
+def run_child(command: list[str], ctx: Context, name: str, timeout: int) -> subprocess.CompletedProcess:
+    """Run a child process with the bundle and this tree importable; its output goes to `<work>/<name>.log`."""
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=ctx.env)
+    (ctx.work / f"{name}.log").write_text(result.stdout + result.stderr)
+    if result.returncode != 0:
+        raise RuntimeError(f"{name} exited with {result.returncode}: {result.stderr.strip()[-600:]}")
+    return result
+
+
+def check_throughput(ctx: Context) -> list[Row]:
+    """Arms a (stock TRL + peft) and d (ours, the defaults) of benchmarks/throughput.py, each in its own process."""
+    batch, steps, length = (2, 2, 64) if ctx.smoke else (8, 10, 512)
+    options = ["--model", str(small_model(ctx)), "--data", str(ctx.hh_file("train")), "--batch-size", str(batch),
+               "--steps", str(steps), "--max-length", str(length), "--workdir", str(ctx.work / "throughput")]
+    results = {}
+    for arm in ("a", "d"):
+        child = run_child([sys.executable, str(ROOT / "benchmarks" / "throughput.py"), *options, "--run-arm", arm],
+                          ctx, f"throughput-{arm}", timeout=600)
+        results[arm] = json.loads(child.stdout.strip().splitlines()[-1])
+    setting = f"batch {batch}, max_length {length}, {steps - 1} timed steps"
+    return [Row("throughput", f"stock trl.RewardTrainer + peft ({setting})", f"{results['a']['pairs_per_s']:.2f} pairs/s",
+                "", "INFO"),
+            Row("throughput", "ours, defaults (packing + padding-free)", f"{results['d']['pairs_per_s']:.2f} pairs/s "
+                f"({results['d']['pairs_per_s'] / results['a']['pairs_per_s']:.2f}x stock)", "", "INFO")]
+
+
+def check_recipe(ctx: Context) -> list[Row]:
+    """The recipe with the demo config (its data, LoRA and merge settings) on the random small Llama."""
+    output = ctx.work / "recipe"
+    device_flags = (["--use_cpu", "true", "--bf16", "false", "--dtype", "float32", "--merge_dtype", "float32"] if ctx.smoke
+                    else ["--use_cpu", "false", "--bf16", "true", "--dtype", "bfloat16", "--merge_dtype", "bfloat16"])
+    command = [sys.executable, str(ROOT / "recipes" / "qlora_llama3.py"), "--config",
+               str(ROOT / "recipes" / "configs" / "demo_smollm2.yaml"), "--model_name_or_path", str(small_model(ctx)),
+               "--output_dir", str(output), "--max_steps", "2" if ctx.smoke else "20", "--max_eval_samples", "16",
+               "--max_length", "64" if ctx.smoke else "256", "--num_score_examples", "2", *device_flags]
+    started = time.perf_counter()
+    run_child(command, ctx, "recipe", timeout=900)
+    summary = json.loads((output / "summary.json").read_text())
+    reward_diff = summary["merged_vs_trained_max_abs_reward_diff"]
+    tolerance = 1e-4 if ctx.smoke else MERGE_REWARD_TOLERANCE
+    complete = all((output / name).exists() for name in ("adapter", "merged", "summary.json"))
+    return [Row("recipe", f"demo config, random small Llama, {summary['steps']} steps",
+                f"{time.perf_counter() - started:.0f} s, eval acc {summary['eval_accuracy_before']:.2f}->"
+                f"{summary['eval_accuracy_after']:.2f}", "completes", verdict(complete)),
+            Row("recipe", "merged vs trained rewards", f"max diff {reward_diff:.2e}", f"<= {tolerance:.0e}",
+                verdict(reward_diff <= tolerance))]
+
+
+CHECKS: dict[str, Callable[[Context], list[Row]]] = {
+    "packing": check_packing, "defect3": check_defect3, "merge": check_merge, "vram": check_vram,
+    "throughput": check_throughput, "recipe": check_recipe,
+}
+
+
+def failure(section: str, check: str, error: BaseException) -> Row:
+    """A FAIL row naming the error; the traceback goes to stderr."""
+    traceback.print_exception(error, file=sys.stderr)
+    message = " ".join(f"{type(error).__name__}: {error}".split())
+    return Row(section, check, message[:120], "", "FAIL")
+
+
+def print_table(rows: list[Row], header: str) -> None:
+    widths = [max(len(getattr(row, field)) for row in rows + [Row("section", "check", "result", "limit", "status")])
+              for field in ("section", "check", "result", "limit", "status")]
+    print(f"\n{header}")
+    for row in [Row("section", "check", "result", "limit", "status")] + rows:
+        print("  ".join(getattr(row, field).ljust(width) for field, width in
+                        zip(("section", "check", "result", "limit", "status"), widths)).rstrip())
+    counts = {status: sum(row.status == status for row in rows) for status in ("PASS", "FAIL", "INFO")}
+    print(f"{counts['PASS']} PASS, {counts['FAIL']} FAIL, {counts['INFO']} INFO")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     epilog="Sections: " + ", ".join(SECTIONS))
+    parser.add_argument("--cpu-smoke", action="store_true", help="tiny models on the CPU: checks the code paths")
+    parser.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections (default: all)")
+    parser.add_argument("--data", type=Path, default=None, help="HH-RLHF directory with train.jsonl and dev.jsonl "
+                        f"(default: {SHARED_HH} when there, else {BUNDLE_HH})")
+    parser.add_argument("--workdir", type=Path, default=None, help="scratch directory (default: a temporary one)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON here")
+    args = parser.parse_args(argv)
+    sections = [name.strip() for name in args.only.split(",") if name.strip()]
+    unknown = [name for name in sections if name not in CHECKS]
+    if unknown:
+        parser.error(f"unknown sections {unknown}; choose from {', '.join(SECTIONS)}")
+    if not args.cpu_smoke and not torch.cuda.is_available():
+        print("error: no CUDA GPU (torch.cuda.is_available() is False); --cpu-smoke runs the checks on the CPU",
+              file=sys.stderr)
+        return 2
+    hh_dir = args.data or (SHARED_HH if SHARED_HH.is_dir() else BUNDLE_HH)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(IMPORT_PATHS + [os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
+    if args.cpu_smoke:  # neither this process (CUDA is not initialised yet) nor its children use a GPU
+        os.environ["CUDA_VISIBLE_DEVICES"] = env["CUDA_VISIBLE_DEVICES"] = ""
+    import transformers
+
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(dir=args.workdir, prefix="bt-peft-gpu-check-") as work:
+        ctx = Context(smoke=args.cpu_smoke, device="cpu" if args.cpu_smoke else "cuda", work=Path(work),
+                      hh_dir=hh_dir, env=env)
+        rows = []
+        for name in sections:
+            section_start = time.perf_counter()
+            print(f"bt-peft gpu_check: {name} ...", file=sys.stderr, flush=True)
+            try:
+                rows += CHECKS[name](ctx)
+            except Exception as error:  # noqa: BLE001 - a failing section is reported, the others still run
+                rows.append(failure(name, "section", error))
+            print(f"bt-peft gpu_check: {name} done in {time.perf_counter() - section_start:.0f} s", file=sys.stderr,
+                  flush=True)
+    device = "CPU smoke (tiny models)" if args.cpu_smoke else torch.cuda.get_device_name(0)
+    header = (f"bt-peft gpu_check: {device}; torch {torch.__version__}, transformers {transformers.__version__}; "
+              f"{time.perf_counter() - started:.0f} s")
+    print_table(rows, header)
+    if args.json:
+        args.json.write_text(json.dumps({"header": header, "rows": [dataclasses.asdict(row) for row in rows]}, indent=2))
+    return int(any(row.status == "FAIL" for row in rows))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,48 @@
+"""`benchmarks/gpu_check.py --cpu-smoke`: the one-command GPU check runs end to end on tiny models on the CPU, prints
+its table and exits 0; a section that fails is a FAIL row with its error, the others still run, and the exit is 1."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+GPU_CHECK = ROOT / "benchmarks" / "gpu_check.py"
+
+
+def run_gpu_check(tmp_path: Path, *flags: str) -> tuple[subprocess.CompletedProcess, list[dict]]:
+    report = tmp_path / "rows.json"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    result = subprocess.run([sys.executable, str(GPU_CHECK), "--cpu-smoke", "--json", str(report), *flags],
+                            capture_output=True, text=True, timeout=900, cwd=ROOT, env=env)
+    assert report.is_file(), result.stdout[-3000:] + result.stderr[-5000:]
+    return result, json.loads(report.read_text())["rows"]
+
+
+def test_cpu_smoke_runs_every_section_and_passes(tmp_path):
+    result, rows = run_gpu_check(tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    failed = [row for row in rows if row["status"] == "FAIL"]
+    assert not failed and "0 FAIL" in result.stdout
+    assert {row["section"] for row in rows} == {"packing", "defect3", "merge", "vram", "throughput", "recipe"}
+    passed = {(row["section"], row["check"]) for row in rows if row["status"] == "PASS"}
+    for section, check in [("packing", "float32 sdpa rewards (8 pairs)"), ("packing", "float32 sdpa LoRA+head grads (17)"),
+                           ("packing", "bfloat16 sdpa LoRA+head grads (17)"), ("packing", "float32 flex_attention rewards (8 pairs)"),
+                           ("defect3", "name + LoraConfig, no 4-bit: 1 step"), ("recipe", "merged vs trained rewards")]:
+        assert (section, check) in passed, (section, check)
+    throughput = [row["result"] for row in rows if row["section"] == "throughput"]
+    assert len(throughput) == 2 and all(float(result.split()[0]) > 0 for result in throughput)
+    assert len([row for row in rows if row["section"] == "vram"]) == 2  # 1 and 2 layers ran (no VRAM on a CPU)
+    for row in rows:  # the printed table holds every row
+        assert row["check"] in result.stdout and row["result"] in result.stdout
+
+
+def test_a_failing_section_is_reported_and_the_others_still_run(tmp_path):
+    result, rows = run_gpu_check(tmp_path, "--only", "packing,merge", "--data", str(tmp_path / "no-such-data"))
+    assert result.returncode == 1
+    packing = [row for row in rows if row["section"] == "packing"]
+    assert {row["status"] for row in packing} == {"FAIL", "INFO"}  # INFO: bf16 FlexAttention, n/a on a CPU
+    assert any("no-such-data" in row["result"] and "FileNotFoundError" in row["result"] for row in packing)
+    assert [row["status"] for row in rows if row["section"] == "merge"] == ["INFO", "PASS"]
+    assert "FAIL" in result.stdout and "Traceback" in result.stderr
