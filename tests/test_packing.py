@@ -72,7 +72,7 @@ def standard_rewards(model, tokenizer, pairs, padding_side):
     """Rewards from the ordinary padded forward (TRL's layout: chosen sequences, then rejected ones)."""
     tokenizer.padding_side = padding_side
     ids = [pair["chosen_ids"] for pair in pairs] + [pair["rejected_ids"] for pair in pairs]
-    batch = tokenizer.pad({"input_ids": ids}, return_tensors="pt")
+    batch = tokenizer.pad({"input_ids": ids}, return_tensors="pt").to(model.device)
     return bt_reward(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits).chunk(2)
 
 
