@@ -67,6 +67,19 @@ def log_of(output: Path, *modes: str) -> str:
     return (output / f"log-{'-'.join(modes)}.txt").read_text()[-3000:]
 
 
+def assert_resumed_equals_uninterrupted(output: Path) -> None:
+    """`final-resume` (resumed from `run/checkpoint-3`) holds bitwise the adapter and head of `final-full`, and the
+    steps after the checkpoint did train."""
+    expected = load_file(output / "final-full" / "adapter_model.safetensors")
+    resumed = load_file(output / "final-resume" / "adapter_model.safetensors")
+    assert any("score" in name for name in expected) and any("lora_A" in name for name in expected)
+    assert expected.keys() == resumed.keys()
+    for name in expected:
+        assert torch.equal(expected[name], resumed[name]), name
+    trained = load_file(output / "run" / "checkpoint-3" / "adapter_model.safetensors")
+    assert not all(torch.equal(trained[name], resumed[name]) for name in trained)
+
+
 def logged_batches(output: Path, mode: str) -> list[tuple[int, str]]:
     return [tuple(json.loads(line)) for line in (output / f"batches-{mode}.jsonl").read_text().splitlines()]
 
@@ -88,16 +101,9 @@ def test_sigkill_mid_step_then_resume_equals_an_uninterrupted_run(tiny_llama_dir
     resuming = run_child(script, tiny_llama_dir, tmp_path, "resume", "full")
     assert resuming.wait(timeout=300) == 0, log_of(tmp_path, "resume", "full")
 
-    expected = load_file(tmp_path / "final-full" / "adapter_model.safetensors")
-    resumed = load_file(tmp_path / "final-resume" / "adapter_model.safetensors")
-    assert any("score" in name for name in expected) and any("lora_A" in name for name in expected)
-    assert expected.keys() == resumed.keys()
     # fp32 on the CPU, one thread, same batches, same RNG: the same operations in the same order, so the weights
     # are bitwise equal (tolerance 0). Any difference means some state was not restored.
-    for name in expected:
-        assert torch.equal(expected[name], resumed[name]), name
-    trained = load_file(tmp_path / "run" / "checkpoint-3" / "adapter_model.safetensors")
-    assert not all(torch.equal(trained[name], resumed[name]) for name in trained)  # steps 4-8 did train
+    assert_resumed_equals_uninterrupted(tmp_path)
 
     # data position: the resumed run trains on exactly the batches the uninterrupted run trained on from step 3
     reference_batches = logged_batches(tmp_path, "full")

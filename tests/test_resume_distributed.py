@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from bt_peft.training.checkpointing import checkpoint_problems, last_complete_checkpoint
-from test_resume import logged_batches
+from test_checkpointing import make_trainer
+from test_resume import assert_resumed_equals_uninterrupted, logged_batches
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
@@ -138,17 +138,10 @@ def crashed_and_resumed(tiny_llama_dir, tmp_path_factory) -> Path:
 
 def test_sigkill_during_a_ddp_checkpoint_then_resume_equals_an_uninterrupted_run(crashed_and_resumed):
     output = crashed_and_resumed
-    expected = load_file(output / "final-full" / "adapter_model.safetensors")
-    resumed = load_file(output / "final-resume" / "adapter_model.safetensors")
-    assert any("score" in name for name in expected) and any("lora_A" in name for name in expected)
-    assert expected.keys() == resumed.keys()
     # fp32 on the CPU, one thread per process, the same batches and RNG states on each process, and an all-reduce of
     # two values (a + b == b + a): the same operations in the same order, so the weights are bitwise equal
     # (tolerance 0). Any difference means some process's state was not restored.
-    for name in expected:
-        assert torch.equal(expected[name], resumed[name]), name
-    trained = load_file(output / "run" / "checkpoint-3" / "adapter_model.safetensors")
-    assert not all(torch.equal(trained[name], resumed[name]) for name in trained)  # steps 4-8 did train
+    assert_resumed_equals_uninterrupted(output)
 
     for rank in (0, 1):  # each process trains on exactly the batches the uninterrupted run's did, from step 3
         reference = logged_batches(output, f"full-{rank}")
@@ -171,3 +164,12 @@ def test_a_multi_process_checkpoint_missing_one_process_file_is_skipped(crashed_
     (run / "checkpoint-6" / removed).unlink()  # as if that process was killed before writing it
     with pytest.warns(UserWarning, match=rf"skipping incomplete checkpoint .*checkpoint-6: no {removed}"):
         assert last_complete_checkpoint(run) == run / "checkpoint-3"
+
+
+def test_resuming_a_two_process_checkpoint_in_one_process_warns_that_rng_is_not_restored(crashed_and_resumed,
+                                                                                           tiny_llama_dir, tmp_path):
+    trainer = make_trainer(tiny_llama_dir, tmp_path / "one-process")
+    state = torch.random.get_rng_state()
+    with pytest.warns(UserWarning, match=r"saved by 2 process\(es\), this run has 1: it has no rng_state\.json"):
+        trainer._load_rng_state(str(crashed_and_resumed / "run-full" / "checkpoint-6"))
+    assert torch.equal(torch.random.get_rng_state(), state)
