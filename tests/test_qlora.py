@@ -10,7 +10,9 @@ import torch
 from safetensors import safe_open
 
 from bt_peft.modeling import head_name
+from bt_peft.quantization import disable_cpu_weight_repacking
 from bt_peft.training.qlora import load_qlora_model, lora_targets
+from bt_peft.upstream import UpstreamChangedError
 
 from conftest import tiny_llama_config
 
@@ -250,6 +252,15 @@ def test_cpu_weight_repacking_is_disabled_on_every_4bit_layer(qlora):
     assert layers
     assert all(layer.support_avx512bf16_for_cpu is False for layer in layers.values())
 
+
+
+def test_cpu_weight_repacking_switch_missing_on_any_layer_fails_loudly_before_any_change():
+    """A bitsandbytes release that renames the switch must not get a dead attribute set silently, on any layer."""
+    layers = torch.nn.Sequential(bnb.nn.Linear4bit(8, 8), bnb.nn.Linear4bit(8, 8))
+    del layers[1].support_avx512bf16_for_cpu  # what a renamed attribute looks like on a real Linear4bit
+    with pytest.raises(UpstreamChangedError, match="support_avx512bf16_for_cpu"):
+        disable_cpu_weight_repacking(layers)
+    assert layers[0].support_avx512bf16_for_cpu is not False and not hasattr(layers[1], "support_avx512bf16_for_cpu")
 
 def test_eval_no_grad_forward_does_not_change_later_gradients(tiny_llama_dir):
     evaluated, fresh = deterministic_qlora(tiny_llama_dir), deterministic_qlora(tiny_llama_dir)
