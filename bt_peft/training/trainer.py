@@ -118,7 +118,7 @@ class BradleyTerryRewardTrainer(NonFiniteGuardMixin, SafeCheckpointMixin, Reward
         if data_collator is None:
             data_collator = packed_collator(model, args, processing_class.pad_token_id)
         self.preparation_reports = {}
-        trainable = {name: param.data for name, param in model.named_parameters() if param.requires_grad}
+        trainable = trainable_data(model)
         with _shown_to_trl_as_single_label(model):
             super().__init__(
                 model=model,
@@ -130,11 +130,7 @@ class BradleyTerryRewardTrainer(NonFiniteGuardMixin, SafeCheckpointMixin, Reward
                 **kwargs,
             )
         # TRL casts the trainable parameters of a quantized model to bf16 (no public switch); give back the originals
-        parameters = dict(self.model.named_parameters())
-        if not trainable.keys() <= parameters.keys():
-            raise upstream_error("trl", "RewardTrainer keeping the parameter names of the model it is given")
-        for name, data in trainable.items():
-            parameters[name].data = data
+        restore_trainable_dtypes(self.model, trainable)
         self.pair_metrics = {"train": defaultdict(list), "eval": defaultdict(list)}  # logged means, see `log`
         self.train_tokens = 0
         config = self.accelerator.parallelism_config  # tensor-parallel ranks see the same batch: count it once
@@ -181,6 +177,27 @@ class BradleyTerryRewardTrainer(NonFiniteGuardMixin, SafeCheckpointMixin, Reward
         logs.update({f"{prefix}{key}": sum(values) / len(values) for key, values in self.pair_metrics[mode].items()})
         self.pair_metrics[mode].clear()
         super().log(logs, start_time)
+
+
+def trainable_data(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The data of each trainable parameter of `model`, by name: what `restore_trainable_dtypes` gives back."""
+    return {name: param.data for name, param in model.named_parameters() if param.requires_grad}
+
+
+def restore_trainable_dtypes(model: torch.nn.Module, originals: dict[str, torch.Tensor]) -> None:
+    """Give each trainable parameter of `model` its value and dtype from `originals` (`trainable_data` taken before
+    TRL's `__init__` cast them), on the device the parameter is on now: the Trainer may have moved the model in
+    between (a model loaded without a device map goes to the GPU), and putting the snapshot's CPU tensors back would
+    fail the first step on a device mismatch.
+
+    Raises:
+        `UpstreamChangedError` when a parameter of `originals` is no longer in `model` (TRL renamed or replaced it).
+    """
+    parameters = dict(model.named_parameters())
+    if not originals.keys() <= parameters.keys():
+        raise upstream_error("trl", "RewardTrainer keeping the parameter names of the model it is given")
+    for name, data in originals.items():
+        parameters[name].data = data.to(parameters[name].device)
 
 
 def packed_collator(model: torch.nn.Module, args: RewardConfig, pad_token_id: int) -> PackedPairCollator | None:
