@@ -13,6 +13,7 @@ model card) and `<output_dir>/summary.json`: eval accuracy/loss before and after
 rewards that the merged checkpoint, loaded with plain transformers, gives a few dev pairs next to the trained model's.
 """
 
+import gc
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -26,7 +27,8 @@ from bt_peft import BradleyTerryRewardConfig, BradleyTerryRewardTrainer, load_ql
 from bt_peft.atomic import check_output_dir, write_json_atomically
 from bt_peft.data import load_split
 from bt_peft.embedded import resolve_model
-from bt_peft.evaluation.scoring import compare_with_merged
+from bt_peft.evaluation.merge_check import compare_with_merged, pair_texts
+from bt_peft.evaluation.scoring import score
 from bt_peft.export.model_card import training_settings
 from bt_peft.validation import validate_training_setup
 
@@ -43,7 +45,13 @@ class BradleyTerryScriptArguments(ScriptArguments):
     max_eval_samples: int | None = field(default=None, metadata={"help": "use the first N evaluation pairs"})
     merge_dtype: str = field(default="bfloat16", metadata={"help": "dtype of the merged checkpoint: bfloat16 or float32"})
     merge_from_4bit: bool = field(default=False, metadata={"help": "merge into the dequantized NF4 base (exact rewards)"})
-    num_score_examples: int = field(default=4, metadata={"help": "evaluation pairs scored with the merged checkpoint"})
+    num_score_examples: int = field(
+        default=4, metadata={"help": "evaluation pairs scored with the merged checkpoint (0: no merge check)"}
+    )
+    merge_check_host_gb: float | None = field(
+        default=None, metadata={"help": "host RAM (GB) the merge check may fill with merged weights beyond the GPU's "
+                                "free memory; the rest is streamed from disk (default: a quarter of the model's bf16 size)"}
+    )
     overwrite_outputs: bool = field(
         default=False, metadata={"help": "replace existing <output_dir>/adapter and /merged (else refused before training)"}
     )
@@ -100,16 +108,33 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
         "data": {name: str(report) for name, report in trainer.preparation_reports.items()},
         "adapter_dir": str(adapter_dir), "merged_dir": str(merged_dir), "script_args": asdict(script_args),
     }
+    # The trained rewards of a few dev pairs, for the merge check: computed by every process, since the forward of a
+    # sharded model (FSDP, ZeRO-3) gathers each layer from all of them.
+    texts = pair_texts(dev.select(range(min(script_args.num_score_examples, len(dev)))))
+    trained_rewards = score(trainer.model, tokenizer, texts, max_length=training_args.max_length)
     trainer.accelerator.wait_for_everyone()  # the adapter is complete on disk
     if not trainer.accelerator.is_main_process:
         return summary
+    del trainer, model  # the merge check may then use the memory the trained model held
+    gc.collect()
+    torch.cuda.empty_cache()
 
-    # Merge into a plain 2-label checkpoint, reload it with plain transformers and score a few dev pairs with both.
+    # Merge into a plain 2-label checkpoint, reload it with plain transformers within a memory budget and score the
+    # same pairs. Whatever happens to that check, summary.json and the model card are written, the summary saying
+    # what happened; a failed check then ends the run with its error.
     merge_and_save(adapter_dir, merged_dir, dtype=getattr(torch, script_args.merge_dtype),
                    base_model_name_or_path=model_path, from_4bit=script_args.merge_from_4bit,
                    overwrite=script_args.overwrite_outputs)
-    examples = dev.select(range(min(script_args.num_score_examples, len(dev))))
-    summary |= compare_with_merged(merged_dir, trainer.model, tokenizer, examples, training_args.max_length)
+    check_error = None
+    if not texts:
+        summary["merge_check"] = {"status": "skipped", "reason": "num_score_examples is 0 (or no evaluation pairs)"}
+    else:
+        host_budget = None if script_args.merge_check_host_gb is None else int(script_args.merge_check_host_gb * 1e9)
+        try:
+            summary |= compare_with_merged(merged_dir, texts, trained_rewards, training_args.max_length, host_budget)
+        except Exception as error:  # reported in the summary, raised again once the outputs are written
+            summary["merge_check"] = {"status": "failed", "error": f"{type(error).__name__}: {error}"}
+            check_error = error
     write_json_atomically(summary, output / "summary.json")
     write_model_card(
         merged_dir, base_model=model_args.model_name_or_path, dataset=script_args.dataset_name,
@@ -120,6 +145,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
         from_4bit=script_args.merge_from_4bit, repo_id=training_args.hub_model_id,
     )
     print(json.dumps({key: value for key, value in summary.items() if key != "script_args"}, indent=2))
+    if check_error is not None:
+        raise check_error
     return summary
 
 
