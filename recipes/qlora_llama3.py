@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     model, tokenizer = load_qlora_model(
         model_path, compute_dtype=getattr(torch, model_args.dtype), lora_r=model_args.lora_r,
         lora_alpha=model_args.lora_alpha, lora_dropout=model_args.lora_dropout,
-        target_modules=model_args.lora_target_modules, gradient_checkpointing=training_args.gradient_checkpointing,
+        target_modules=model_args.lora_target_modules, gradient_checkpointing=training_args.activation_checkpointing,
         attn_implementation=model_args.attn_implementation, trust_remote_code=training_args.trust_remote_code,
         quant_storage=getattr(torch, model_args.bnb_4bit_quant_storage) if model_args.bnb_4bit_quant_storage else None,
     )

@@ -122,6 +122,17 @@ def test_gradient_checkpointing_on_by_default(qlora):
     assert model.base_model.model.is_activation_checkpointing
 
 
+def test_checkpointing_uses_the_api_transformers_keeps(tiny_llama_dir):
+    """transformers 5 deprecates `gradient_checkpointing_enable` (removed in 6). peft's own read of the deprecated
+    `is_gradient_checkpointing` (in `PeftModel.__init__`) is upstream's and is left out."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        load_qlora_model(tiny_llama_dir, compute_dtype=torch.float32)
+    deprecated = [str(w.message) for w in caught if issubclass(w.category, FutureWarning) and "checkpointing" in str(w.message)
+                  and not str(w.message).startswith("`is_gradient_checkpointing`")]
+    assert deprecated == []
+
+
 def test_gradient_checkpointing_off_when_asked(tiny_llama_dir):
     model, _ = load_qlora_model(tiny_llama_dir, compute_dtype=torch.float32, gradient_checkpointing=False)
     assert not model.base_model.model.is_activation_checkpointing

@@ -81,7 +81,8 @@ def load_qlora_model(
             norms): bf16 by default, fp32 selectable; fp16 warns (NaN-prone with score heads).
         lora_r, lora_alpha, lora_dropout: LoRA hyper-parameters (defaults 16, 32, 0.05).
         target_modules (`list[str]`, *optional*): LoRA targets; default: the architecture's attention projections.
-        gradient_checkpointing (`bool`): non-reentrant gradient checkpointing (default on).
+        gradient_checkpointing (`bool`): non-reentrant activation checkpointing (default on), transformers'
+            `activation_checkpointing_enable` (which also makes the embeddings' output require grad for LoRA).
         attn_implementation (`str`, *optional*): e.g. "sdpa", "flash_attention_2", "eager".
         device_map: where to put the model; default: this process's GPU, or the CPU.
         trust_remote_code (`bool`): off by default; never turned on silently.
@@ -115,9 +116,8 @@ def load_qlora_model(
         trust_remote_code=trust_remote_code,
         allow_pickle=allow_pickle,
     )
-    if gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.enable_input_require_grads()
+    if gradient_checkpointing:  # transformers 5's activation checkpointing (its `gradient_checkpointing*` go in v6)
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     tokenizer = load_tokenizer(model_name_or_path, eos_ids=eos_ids_of(model.config), trust_remote_code=trust_remote_code)
     model.config.pad_token_id = tokenizer.pad_token_id
     lora = LoraConfig(
