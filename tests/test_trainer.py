@@ -182,3 +182,21 @@ def test_unused_logit_stays_zero_through_training(trained):
     head = trainer.model.get_base_model().score.modules_to_save["default"].weight
     assert not head[0].any(), "row 0 starts at zero and the Bradley-Terry loss never reaches it"
     assert head[1].abs().sum() > 0, "row 1, the reward, is trained"
+
+
+def test_lora_dropout_keeps_its_configured_rate_under_trls_disable_dropout(tiny_llama_dir, tmp_path):
+    """Defect 6: TRL's `disable_dropout=True` (default) zeroed LoRA's dropout too, while configs and card said 0.05."""
+    model, tokenizer = load_qlora_model(tiny_llama_dir, compute_dtype=torch.float32, lora_dropout=0.3)
+    trainer = BradleyTerryRewardTrainer(model=model, args=fp32_args(tmp_path), processing_class=tokenizer,
+                                        train_dataset=Dataset.from_list(preference_rows(1)))
+    assert trainer.args.disable_dropout
+    rates = {module.p for name, module in trainer.model.named_modules()
+             if isinstance(module, torch.nn.Dropout) and ".lora_dropout." in name}
+    assert rates == {0.3}
+    trainer.model.train()
+    with torch.no_grad():
+        for name, param in trainer.model.named_parameters():  # LoRA's B and the head start at zero
+            if "lora_B" in name or "modules_to_save" in name:
+                torch.nn.init.normal_(param)
+        batch = torch.tensor([[0, 5, 9, 17, 23, 1]])
+        assert not torch.equal(trainer.model(input_ids=batch).logits, trainer.model(input_ids=batch).logits)

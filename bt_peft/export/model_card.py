@@ -69,6 +69,7 @@ def training_settings(training_args, model_args, steps: int) -> dict:
     return {
         "quantization": f"NF4 with double quant, compute dtype {model_args.dtype}",
         "LoRA r / alpha / dropout": f"{model_args.lora_r} / {model_args.lora_alpha} / {model_args.lora_dropout}",
+        "dropout of the base model": "off (disable_dropout)" if training_args.disable_dropout else "as its config says",
         "LoRA targets": ", ".join(model_args.lora_target_modules or []) or "attention projections",
         "learning rate": training_args.learning_rate,
         "scheduler": str(training_args.lr_scheduler_type.value),

@@ -52,6 +52,22 @@ def _shown_to_trl_as_single_label(model: torch.nn.Module) -> Iterator[None]:
         configure_bradley_terry(config)
 
 
+@contextlib.contextmanager
+def _lora_dropout_kept(model: torch.nn.Module) -> Iterator[None]:
+    """TRL's `disable_dropout=True` (its default) sets `p = 0` on every `nn.Dropout` of the model, LoRA's included,
+    while the LoRA config (`lora_dropout`, the recipe's 0.05) says otherwise. The base model's dropout stays off as TRL
+    wants; each LoRA dropout gets its configured rate back after the call (set `lora_dropout=0` for none)."""
+    from peft.tuners.lora import LoraLayer
+
+    rates = [(dropout, dropout.p) for layer in model.modules() if isinstance(layer, LoraLayer)
+             for dropout in layer.lora_dropout.values() if isinstance(dropout, torch.nn.Dropout)]
+    try:
+        yield
+    finally:
+        for dropout, rate in rates:
+            dropout.p = rate
+
+
 class BradleyTerryRewardTrainer(NonFiniteGuardMixin, SafeCheckpointMixin, RewardTrainer):
     """`trl.RewardTrainer` for 2-label Bradley-Terry reward models.
 
@@ -70,6 +86,8 @@ class BradleyTerryRewardTrainer(NonFiniteGuardMixin, SafeCheckpointMixin, Reward
     - data: pairs longer than `max_length` are kept, their prompt cut from the left; what was truncated or
       skipped is printed and kept in `preparation_reports`.
     - trainable parameters keep the dtype the model was given (TRL casts QLoRA adapters and head to bf16).
+    - LoRA dropout stays at its configured rate; `args.disable_dropout` (TRL's default) turns off the base model's
+      dropout only (TRL turns off every `nn.Dropout`, LoRA's included).
     - batches: shared-prefix packing and padding-free rows by default on decoder-only models (`training.packing`),
       switched by `BradleyTerryRewardConfig.packing`/`padding_free` (a plain `RewardConfig` keeps both on); other
       models, or a `data_collator` you pass, get the batches as before.
@@ -119,7 +137,7 @@ class BradleyTerryRewardTrainer(NonFiniteGuardMixin, SafeCheckpointMixin, Reward
             data_collator = packed_collator(model, args, processing_class.pad_token_id)
         self.preparation_reports = {}
         trainable = trainable_data(model)
-        with _shown_to_trl_as_single_label(model):
+        with _shown_to_trl_as_single_label(model), _lora_dropout_kept(model):
             super().__init__(
                 model=model,
                 args=args,
