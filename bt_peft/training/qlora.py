@@ -72,6 +72,8 @@ def load_qlora_model(
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
     quant_storage: torch.dtype | None = None,
+    use_rslora: bool = False,
+    modules_to_save: list[str] | None = None,
 ) -> tuple[PeftModel, PreTrainedTokenizerBase]:
     """Load a Bradley-Terry reward model for QLoRA training.
 
@@ -91,6 +93,9 @@ def load_qlora_model(
         quant_storage (`torch.dtype`, *optional*): storage dtype of the 4-bit weights (see `nf4_config`); default
             uint8. For FSDP (`recipes/accelerate/fsdp_qlora.yaml`) set it to `compute_dtype` (another float raises
             `ValueError`): then every frozen weight has that dtype, so FSDP can flatten and shard them.
+        use_rslora (`bool`): rank-stabilized LoRA, scaling `lora_alpha / sqrt(r)` instead of `lora_alpha / r`.
+        modules_to_save (`list[str]`, *optional*): more modules trained in full and saved with the adapter (the head
+            always is).
 
     Returns:
         (`PeftModel`, tokenizer): linear layers in NF4 with double quant; LoRA adapters (fp32) on the targets;
@@ -126,6 +131,8 @@ def load_qlora_model(
         lora_dropout=lora_dropout,
         target_modules=target_modules or lora_targets(model.config),
         task_type="SEQ_CLS",
+        use_rslora=use_rslora,
+        modules_to_save=modules_to_save,
     )
     model = add_lora(model, lora)
     if fsdp_storage:  # the head's frozen original (kept by peft, unused while the adapter is on) joins the body's dtype
