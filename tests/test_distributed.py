@@ -108,6 +108,7 @@ def test_fsdp_shards_the_4bit_weights_and_computes_what_one_process_does(tiny_ll
     for unit in four_bit_units:  # flattened with the layer's other frozen weights, half on each process
         assert unit["dtype"] == "torch.bfloat16" and unit["local"] == -(-unit["full"] // 2)
     assert report["max_abs_reward_diff"] == 0.0 and report["max_abs_step_diff"] == 0.0
+    assert report["max_abs_score_diff"] == 0.0  # the recipe's scoring of a sharded model, on every process
     assert report["trainable"] == 17  # 2 layers x 4 projections x (A, B) + the head
 
 

@@ -17,7 +17,7 @@ def input_device(model: torch.nn.Module) -> torch.device:
     return next((param.device for param in model.parameters() if param.device.type != "meta"), torch.device("cpu"))
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def score_ids(
     model: torch.nn.Module,
     tokenizer: PreTrainedTokenizerBase,
@@ -36,7 +36,8 @@ def score_ids(
 
     Returns:
         `torch.Tensor`, float32, shape `(len(ids),)`, on the CPU, in input order: `bt_reward` of each sequence,
-        computed in eval mode under `torch.inference_mode()` (the model's training mode is restored afterwards).
+        computed in eval mode under `torch.no_grad()` (the model's training mode is restored afterwards; not
+        `inference_mode`, whose tensors an FSDP-sharded model could not update in place when training goes on).
     """
     if model.config.pad_token_id != tokenizer.pad_token_id:
         raise ValueError(
