@@ -200,3 +200,9 @@ def test_lora_dropout_keeps_its_configured_rate_under_trls_disable_dropout(tiny_
                 torch.nn.init.normal_(param)
         batch = torch.tensor([[0, 5, 9, 17, 23, 1]])
         assert not torch.equal(trainer.model(input_ids=batch).logits, trainer.model(input_ids=batch).logits)
+
+
+@pytest.mark.parametrize("name, value", [("pad_token", "</s>"), ("eos_token", "<s>"), ("dataset_num_proc", 4)])
+def test_trl_settings_the_trainer_replaces_are_refused_by_name(qlora, tmp_path, name, value):
+    with pytest.raises(ValueError, match=f"does not use: {name}="):
+        make_trainer(qlora, tmp_path, **{name: value})

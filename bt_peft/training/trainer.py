@@ -113,6 +113,7 @@ class BradleyTerryRewardTrainer(NonFiniteGuardMixin, SafeCheckpointMixin, Reward
         if isinstance(train_dataset, IterableDataset):
             raise TypeError("BradleyTerryRewardTrainer needs a map-style datasets.Dataset (streaming is not supported)")
         args = args or RewardConfig(output_dir="bt-reward-model")
+        refuse_ignored_settings(args)
         validate_training_setup(args, model, peft_config, quantization_config is not None, processing_class,
                                 args.trust_remote_code)
         if args.fp16:
@@ -195,6 +196,23 @@ class BradleyTerryRewardTrainer(NonFiniteGuardMixin, SafeCheckpointMixin, Reward
         logs.update({f"{prefix}{key}": sum(values) / len(values) for key, values in self.pair_metrics[mode].items()})
         self.pair_metrics[mode].clear()
         super().log(logs, start_time)
+
+
+IGNORED_SETTINGS = {
+    "pad_token": "bt-peft picks the pad token (choose_pad_token: an unused special token, never eos) and sets "
+                 "model.config.pad_token_id to it; another pad token in TRL's batches would move the reward position",
+    "eos_token": "bt-peft's data preparation appends no eos (TRL's use of it), so it would change nothing",
+    "dataset_num_proc": "bt-peft prepares the pairs in one process (prepare_preference_dataset)",
+}
+"""`RewardConfig` fields that TRL reads but bt-peft's trainer replaces: setting one raises instead of doing nothing."""
+
+
+def refuse_ignored_settings(args: RewardConfig) -> None:
+    """Raise `ValueError` naming each field of `IGNORED_SETTINGS` that `args` sets, and why it would do nothing."""
+    problems = [f"{name}={getattr(args, name)!r}: {reason}" for name, reason in IGNORED_SETTINGS.items()
+                if getattr(args, name, None) is not None]
+    if problems:
+        raise ValueError("settings BradleyTerryRewardTrainer does not use: " + "; ".join(problems))
 
 
 def trainable_data(model: torch.nn.Module) -> dict[str, torch.Tensor]:
