@@ -83,9 +83,11 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     adapter_dir, merged_dir = output / "adapter", output / "merged"
     for target in (adapter_dir, merged_dir):  # refuse before hours of training, not after
         check_output_dir(target, script_args.overwrite_outputs)
-    # `--resume_from_checkpoint true` resumes from the last complete checkpoint of output_dir, a path from that one (as
-    # TRL's scripts do); a run killed in training has written neither adapter nor merge, so the check above passes.
+    # `--resume_from_checkpoint true` resumes from the last complete checkpoint of output_dir, `--resume_from_checkpoint
+    # PATH` from that checkpoint (as TRL's scripts do); a run killed in training has written neither adapter nor merge,
+    # so the check above lets it resume.
     resume = training_args.resume_from_checkpoint
+    resume = None if str(resume).lower() in ("none", "false") else resume
     if str(resume).lower() == "true":
         resume = last_complete_checkpoint(output)
         if resume is None:

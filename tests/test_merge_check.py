@@ -24,7 +24,8 @@ def exact_merge(trained, tmp_path_factory):
 
 def test_pair_texts_are_the_chosen_then_the_rejected_texts():
     rows = preference_rows(1)
-    assert pair_texts(rows) == [row["prompt"] + row["chosen"] for row in rows] + [row["prompt"] + row["rejected"] for row in rows]
+    chosen, rejected = ([row["prompt"] + row[side] for row in rows] for side in ("chosen", "rejected"))
+    assert pair_texts(rows) == chosen + rejected
 
 
 def test_default_host_budget_is_a_quarter_of_the_bf16_size(exact_merge):

@@ -106,6 +106,7 @@ def test_training_settings_report_the_dropout_that_runs(tmp_path):
 
     model_args = ModelConfig(lora_r=16, lora_alpha=32, lora_dropout=0.05)
     for disable, base in ((True, "off (disable_dropout)"), (False, "as its config says")):
-        settings = training_settings(RewardConfig(output_dir=str(tmp_path), bf16=False, disable_dropout=disable), model_args, 3)
+        args = RewardConfig(output_dir=str(tmp_path), bf16=False, disable_dropout=disable)
+        settings = training_settings(args, model_args, 3)
         assert settings["LoRA r / alpha / dropout"] == "16 / 32 / 0.05"
         assert settings["dropout of the base model"] == base

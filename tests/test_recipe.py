@@ -97,6 +97,7 @@ def test_recipe_killed_after_a_checkpoint_resumes_to_the_uninterrupted_result(ti
     assert resumed.stdout.count("'loss':") == 12 - summary["resumed_from_step"]  # the steps it trained itself
     assert summary["steps"] == reference["steps"] == 12
     assert summary["eval_loss_before"] == reference["eval_loss_before"]  # from the checkpoint's log history
-    resumed_adapter, full_adapter = (load_file(path / "adapter" / "adapter_model.safetensors") for path in (killed_dir, full_dir))
+    resumed_adapter, full_adapter = (load_file(path / "adapter" / "adapter_model.safetensors")
+                                     for path in (killed_dir, full_dir))
     assert resumed_adapter.keys() == full_adapter.keys()
     assert all(torch.equal(resumed_adapter[key], full_adapter[key]) for key in full_adapter)

@@ -66,8 +66,8 @@ def test_trainable_parameters_stay_where_the_trainer_moved_the_model(tiny_llama_
     """Defect 3: the dtype restore after TRL's `__init__` must not put the pre-move (CPU) tensors back."""
     model = load_reward_model(tiny_llama_dir, dtype=torch.float32)
     lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="SEQ_CLS")
-    trainer = MovingTrainer(model=model, args=fp32_args(tmp_path), peft_config=lora,
-                            train_dataset=Dataset.from_list(preference_rows(1)), processing_class=load_tokenizer(tiny_llama_dir))
+    trainer = MovingTrainer(model=model, args=fp32_args(tmp_path), peft_config=lora, train_dataset=Dataset.from_list(
+        preference_rows(1)), processing_class=load_tokenizer(tiny_llama_dir))
     trainable = {name: param for name, param in trainer.model.named_parameters() if param.requires_grad}
     assert trainable and {param.device.type for param in trainer.model.parameters()} == {"meta"}
     assert {param.dtype for param in trainable.values()} == {torch.float32}

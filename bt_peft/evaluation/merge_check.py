@@ -104,7 +104,8 @@ def compare_with_merged(
             merged_dir, dtype="auto", device_map="auto", max_memory=budget, offload_folder=offload_dir
         )
         merged_rewards = score(merged, AutoTokenizer.from_pretrained(merged_dir), texts, max_length=max_length)
-        device_map = getattr(merged, "hf_device_map", None) or {"": next(merged.parameters()).device}  # one device: none set
+        # transformers sets no `hf_device_map` when the whole model went to one device
+        device_map = getattr(merged, "hf_device_map", None) or {"": next(merged.parameters()).device}
         placement = Counter(str(device) for device in device_map.values())
         del merged
     n = len(texts) // 2
