@@ -8,7 +8,7 @@ import torch
 from transformers import AutoConfig, BitsAndBytesConfig, PreTrainedModel
 
 from .modeling import AutoModelForBradleyTerry, head_name
-from .upstream import upstream_error
+from .upstream import require_attributes
 
 
 def nf4_config(compute_dtype: torch.dtype, quant_storage: torch.dtype | None = None) -> BitsAndBytesConfig:
@@ -37,19 +37,27 @@ def keep_head_in_float32(head: torch.nn.Module) -> None:
     head.register_forward_pre_hook(_cast_input_to_weight_dtype)
 
 
+REPACKING_SWITCH = "support_avx512bf16_for_cpu"
+"""The attribute that bitsandbytes' `Linear4bit.__init__` sets and reads to repack its weights for CPU inference."""
+
+
 def disable_cpu_weight_repacking(model: torch.nn.Module) -> int:
     """Stop bitsandbytes from repacking 4-bit weights in place on CPUs with AVX512-BF16.
 
     An eval-mode no-grad forward repacks them for `gemv_4bit`, which has no autograd: a backward afterwards
     gives silently wrong gradients. Returns the number of `Linear4bit` layers set.
+
+    Raises:
+        `UpstreamChangedError` (before any layer is changed) when a `Linear4bit` of the model lacks the switch,
+        e.g. a bitsandbytes release renamed it: the assignment would then create a dead attribute.
     """
     import bitsandbytes as bnb
 
     layers = [module for module in model.modules() if isinstance(module, bnb.nn.Linear4bit)]
-    if layers and not hasattr(layers[0], "support_avx512bf16_for_cpu"):  # setting it would then do nothing, silently
-        raise upstream_error("bitsandbytes", "Linear4bit.support_avx512bf16_for_cpu")
+    for layer in layers:  # each layer, before any is set: assigning a renamed attribute would do nothing, silently
+        require_attributes(layer, (REPACKING_SWITCH,), f"bitsandbytes.nn.{type(layer).__qualname__}", "bitsandbytes")
     for layer in layers:
-        layer.support_avx512bf16_for_cpu = False
+        setattr(layer, REPACKING_SWITCH, False)
     return len(layers)
 
 

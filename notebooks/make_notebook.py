@@ -73,7 +73,7 @@ args = BradleyTerryRewardConfig(
     output_dir=OUTPUT_DIR, max_length=S["max_length"], per_device_train_batch_size=S["batch_size"],
     gradient_accumulation_steps=S["accumulation"], max_steps=S["max_steps"], num_train_epochs=1,
     learning_rate=S["learning_rate"], lr_scheduler_type="cosine", warmup_steps=0.03, bf16=S["dtype"] == "bfloat16",
-    use_cpu=S["use_cpu"], gradient_checkpointing=S["checkpointing"], logging_steps=10, save_strategy="no",
+    use_cpu=S["use_cpu"], activation_checkpointing=S["checkpointing"], logging_steps=10, save_strategy="no",
     report_to="none", seed=42,
 )
 trainer = BradleyTerryRewardTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer)

@@ -13,21 +13,25 @@ model card) and `<output_dir>/summary.json`: eval accuracy/loss before and after
 rewards that the merged checkpoint, loaded with plain transformers, gives a few dev pairs next to the trained model's.
 """
 
+import gc
 import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import set_seed
-from trl import ModelConfig, ScriptArguments, TrlParser
+from transformers import TrainerState, set_seed
+from trl import ScriptArguments, TrlParser
 
 from bt_peft import BradleyTerryRewardConfig, BradleyTerryRewardTrainer, load_qlora_model, merge_and_save, write_model_card
 from bt_peft.atomic import check_output_dir, write_json_atomically
 from bt_peft.data import load_split
 from bt_peft.embedded import resolve_model
-from bt_peft.evaluation.scoring import compare_with_merged
+from bt_peft.evaluation.merge_check import compare_with_merged, pair_texts
+from bt_peft.evaluation.scoring import score
 from bt_peft.export.model_card import training_settings
+from bt_peft.training.checkpointing import last_complete_checkpoint
+from bt_peft.training.model_config import BradleyTerryModelConfig
 from bt_peft.validation import validate_training_setup
 
 
@@ -43,23 +47,54 @@ class BradleyTerryScriptArguments(ScriptArguments):
     max_eval_samples: int | None = field(default=None, metadata={"help": "use the first N evaluation pairs"})
     merge_dtype: str = field(default="bfloat16", metadata={"help": "dtype of the merged checkpoint: bfloat16 or float32"})
     merge_from_4bit: bool = field(default=False, metadata={"help": "merge into the dequantized NF4 base (exact rewards)"})
-    num_score_examples: int = field(default=4, metadata={"help": "evaluation pairs scored with the merged checkpoint"})
+    num_score_examples: int = field(
+        default=4, metadata={"help": "evaluation pairs scored with the merged checkpoint (0: no merge check)"}
+    )
+    merge_check_host_gb: float | None = field(
+        default=None, metadata={"help": "host RAM (GB) the merge check may fill with merged weights beyond the GPU's "
+                                "free memory; the rest is streamed from disk (default: a quarter of the model's bf16 size)"}
+    )
     overwrite_outputs: bool = field(
         default=False, metadata={"help": "replace existing <output_dir>/adapter and /merged (else refused before training)"}
     )
+
+    def __post_init__(self):
+        refused = {
+            "dataset_streaming": (self.dataset_streaming, "the trainer needs a map-style dataset"),
+            "ignore_bias_buffers": (self.ignore_bias_buffers, "bt-peft's models have no boolean buffers for DDP to skip"),
+            "merge_dtype": (self.merge_dtype not in ("bfloat16", "float32", "float16"), "bfloat16, float32 or float16"),
+        }
+        problems = [f"{name}={getattr(self, name)!r}: {reason}" for name, (bad, reason) in refused.items() if bad]
+        if problems:
+            raise ValueError("unsupported script settings: " + "; ".join(problems))
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     """Parse `argv` (default `sys.argv[1:]`: `--config FILE.yaml` and field overrides), train, evaluate, merge.
     Returns the summary; in a multi-process launch the processes other than the main one return the training part."""
-    parser = TrlParser((BradleyTerryScriptArguments, BradleyTerryRewardConfig, ModelConfig), prog=prog,
+    parser = TrlParser((BradleyTerryScriptArguments, BradleyTerryRewardConfig, BradleyTerryModelConfig), prog=prog,
                        description="Train a QLoRA Bradley-Terry reward model, evaluate it, merge it. --config FILE.yaml "
                        "sets any of the fields below; flags override it.")
     script_args, training_args, model_args = parser.parse_args_and_config(argv)
+    if training_args.model_init_kwargs:  # the recipe loads the model itself, from the model settings
+        raise ValueError("model_init_kwargs: not used by the recipe, which loads the model with load_qlora_model from "
+                         "the model settings (model_name_or_path, dtype, attn_implementation, ...)")
     output = Path(training_args.output_dir)
     adapter_dir, merged_dir = output / "adapter", output / "merged"
     for target in (adapter_dir, merged_dir):  # refuse before hours of training, not after
         check_output_dir(target, script_args.overwrite_outputs)
+    # `--resume_from_checkpoint true` resumes from the last complete checkpoint of output_dir, `--resume_from_checkpoint
+    # PATH` from that checkpoint (as TRL's scripts do); a run killed in training has written neither adapter nor merge,
+    # so the check above lets it resume.
+    resume = training_args.resume_from_checkpoint
+    resume = None if str(resume).lower() in ("none", "false") else resume
+    if str(resume).lower() == "true":
+        resume = last_complete_checkpoint(output)
+        if resume is None:
+            raise ValueError(f"--resume_from_checkpoint true: no complete checkpoint in {output}")
+    resumed = TrainerState.load_from_json(str(Path(resume) / "trainer_state.json")) if resume else TrainerState()
+    if resume and not any("eval_loss" in entry for entry in resumed.log_history):
+        raise ValueError(f"{resume}: no evaluation before training in its log history (not a checkpoint of this recipe)")
 
     # The model: 4-bit NF4 base, LoRA on the attention projections, the 2-label head in fp32 and trained.
     model_path = resolve_model(model_args.model_name_or_path)
@@ -68,9 +103,10 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     model, tokenizer = load_qlora_model(
         model_path, compute_dtype=getattr(torch, model_args.dtype), lora_r=model_args.lora_r,
         lora_alpha=model_args.lora_alpha, lora_dropout=model_args.lora_dropout,
-        target_modules=model_args.lora_target_modules, gradient_checkpointing=training_args.gradient_checkpointing,
+        target_modules=model_args.lora_target_modules, gradient_checkpointing=training_args.activation_checkpointing,
         attn_implementation=model_args.attn_implementation, trust_remote_code=training_args.trust_remote_code,
         quant_storage=getattr(torch, model_args.bnb_4bit_quant_storage) if model_args.bnb_4bit_quant_storage else None,
+        use_rslora=model_args.use_rslora, modules_to_save=model_args.lora_modules_to_save,
     )
 
     # The data: preference pairs (the trainer tokenizes them and cuts long ones from the left).
@@ -81,13 +117,14 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
 
     # Train, evaluating before (inside `train()`: an `evaluate()` call before `train()` marks the model as prepared
     # and `train()` then skips the DDP wrapper, so each process of a multi-process launch would train alone) and after.
+    # A resumed run's evaluation before training is the one in the checkpoint's log history.
     trainer = BradleyTerryRewardTrainer(model=model, args=training_args, train_dataset=train, eval_dataset=dev,
                                         processing_class=tokenizer)
-    training_args.eval_on_start = True
+    training_args.eval_on_start = not resume
     start = time.perf_counter()
-    trainer.train()
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     before = next(entry for entry in trainer.state.log_history if "eval_loss" in entry)
-    train_seconds = time.perf_counter() - start - before["eval_runtime"]
+    train_seconds = time.perf_counter() - start - (0 if resume else before["eval_runtime"])
     after = trainer.evaluate()
     trainer.save_model(str(adapter_dir), overwrite=script_args.overwrite_outputs)  # by the main process only
     steps = trainer.state.global_step
@@ -95,21 +132,39 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
         "model": model_path,
         "eval_accuracy_before": before["eval_accuracy"], "eval_accuracy_after": after["eval_accuracy"],
         "eval_loss_before": before["eval_loss"], "eval_loss_after": after["eval_loss"],
-        "train_seconds": round(train_seconds, 1), "seconds_per_step": round(train_seconds / max(steps, 1), 3),
-        "steps": steps, "processes": training_args.world_size,
+        "train_seconds": round(train_seconds, 1),
+        "seconds_per_step": round(train_seconds / max(steps - resumed.global_step, 1), 3),
+        "steps": steps, "resumed_from_step": resumed.global_step, "processes": training_args.world_size,
         "data": {name: str(report) for name, report in trainer.preparation_reports.items()},
         "adapter_dir": str(adapter_dir), "merged_dir": str(merged_dir), "script_args": asdict(script_args),
     }
+    # The trained rewards of a few dev pairs, for the merge check: computed by every process, since the forward of a
+    # sharded model (FSDP, ZeRO-3) gathers each layer from all of them.
+    texts = pair_texts(dev.select(range(min(script_args.num_score_examples, len(dev)))))
+    trained_rewards = score(trainer.model, tokenizer, texts, max_length=training_args.max_length)
     trainer.accelerator.wait_for_everyone()  # the adapter is complete on disk
     if not trainer.accelerator.is_main_process:
         return summary
+    del trainer, model  # the merge check may then use the memory the trained model held
+    gc.collect()
+    torch.cuda.empty_cache()
 
-    # Merge into a plain 2-label checkpoint, reload it with plain transformers and score a few dev pairs with both.
+    # Merge into a plain 2-label checkpoint, reload it with plain transformers within a memory budget and score the
+    # same pairs. Whatever happens to that check, summary.json and the model card are written, the summary saying
+    # what happened; a failed check then ends the run with its error.
     merge_and_save(adapter_dir, merged_dir, dtype=getattr(torch, script_args.merge_dtype),
                    base_model_name_or_path=model_path, from_4bit=script_args.merge_from_4bit,
                    overwrite=script_args.overwrite_outputs)
-    examples = dev.select(range(min(script_args.num_score_examples, len(dev))))
-    summary |= compare_with_merged(merged_dir, trainer.model, tokenizer, examples, training_args.max_length)
+    check_error = None
+    if not texts:
+        summary["merge_check"] = {"status": "skipped", "reason": "num_score_examples is 0 (or no evaluation pairs)"}
+    else:
+        host_budget = None if script_args.merge_check_host_gb is None else int(script_args.merge_check_host_gb * 1e9)
+        try:
+            summary |= compare_with_merged(merged_dir, texts, trained_rewards, training_args.max_length, host_budget)
+        except Exception as error:  # reported in the summary, raised again once the outputs are written
+            summary["merge_check"] = {"status": "failed", "error": f"{type(error).__name__}: {error}"}
+            check_error = error
     write_json_atomically(summary, output / "summary.json")
     write_model_card(
         merged_dir, base_model=model_args.model_name_or_path, dataset=script_args.dataset_name,
@@ -120,6 +175,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
         from_4bit=script_args.merge_from_4bit, repo_id=training_args.hub_model_id,
     )
     print(json.dumps({key: value for key, value in summary.items() if key != "script_args"}, indent=2))
+    if check_error is not None:
+        raise check_error
     return summary
 
 

@@ -12,8 +12,10 @@ inputs; on a CPU peft casts them to fp32 ahead of FSDP's bf16 cast).
     torchrun --nproc_per_node 2 tests/fsdp_shard_check.py MODEL_DIR OUTPUT.json
 
 Writes (rank 0) a JSON report: `world_size`, `units` (per FSDP unit: dtype, local and full element counts, whether
-it holds 4-bit weights), `max_abs_reward_diff` against the unsharded model, and `max_abs_step_diff`: trainable weights after one
-SGD step (learning rate 1) against the unsharded model's weights minus its gradients.
+it holds 4-bit weights), `max_abs_reward_diff` against the unsharded model, `max_abs_score_diff`: `bt_peft.score` of the
+sharded model called by every process (as the recipe scores the trained model for its merge check) against the
+unsharded model's, and `max_abs_step_diff`: trainable weights after one SGD step (learning rate 1) against the
+unsharded model's weights minus its gradients.
 """
 
 import json
@@ -25,7 +27,7 @@ import torch.distributed as dist
 from peft.utils.other import fsdp_auto_wrap_policy
 from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
-from bt_peft import bt_reward, load_qlora_model
+from bt_peft import bt_reward, load_qlora_model, score
 
 TEXTS = ["Human: can you help me? Assistant: Sure, I am happy to help.", "Human: hi Assistant: No. Go away."]
 
@@ -36,6 +38,7 @@ def main(model_dir: str, report_path: str) -> None:
     model, tokenizer = load_qlora_model(model_dir, compute_dtype=torch.bfloat16, quant_storage=torch.bfloat16,
                                         lora_dropout=0.0, gradient_checkpointing=False, device_map={"": "cpu"})
     batch = tokenizer(TEXTS, return_tensors="pt", padding=True)
+    scored_reference = score(model, tokenizer, TEXTS)
     reference = bt_reward(model(**batch).logits)
     reference.sum().backward()
     # the trainable weights after one SGD step of learning rate 1: the weights minus their gradients
@@ -51,6 +54,7 @@ def main(model_dir: str, report_path: str) -> None:
             flat = handle.flat_param
             units.append({"dtype": str(flat.dtype), "local": flat.numel(), "full": flat._unpadded_unsharded_size.numel(),
                           "four_bit": any(isinstance(info.module, bnb.nn.Linear4bit) for info in flat._param_infos)})
+    scored = score(sharded, tokenizer, TEXTS)  # the recipe's merge-check scoring: every process takes part
     rewards = bt_reward(sharded(**batch).logits)
     rewards.sum().backward()  # every process has the same batch: the averaged gradients are the unsharded ones
     torch.optim.SGD([p for p in sharded.parameters() if p.requires_grad], lr=1.0).step()
@@ -60,6 +64,7 @@ def main(model_dir: str, report_path: str) -> None:
     if dist.get_rank() == 0:
         report = {"world_size": dist.get_world_size(), "units": units,
                   "max_abs_reward_diff": (rewards - reference).abs().max().item(), "max_abs_step_diff": step_diff,
+                  "max_abs_score_diff": (scored - scored_reference).abs().max().item(),
                   "trainable": len(expected)}
         with open(report_path, "w") as f:
             json.dump(report, f, indent=2)

@@ -45,7 +45,7 @@ def job(tiny_llama_dir, tmp_path_factory) -> Path:
         "model_name_or_path": str(tiny_llama_dir), "dtype": "float32", "lora_dropout": 0.0,
         "dataset_name": str(data), "dataset_test_split": "dev", "max_eval_samples": 6, "num_score_examples": 2,
         "merge_dtype": "float32", "merge_from_4bit": True, "use_cpu": True, "bf16": False, "max_length": 64,
-        "max_steps": 3, "learning_rate": 5.0e-3, "gradient_checkpointing": False, "report_to": "none",
+        "max_steps": 3, "learning_rate": 5.0e-3, "activation_checkpointing": False, "report_to": "none",
         "save_strategy": "no", "logging_steps": 1, "seed": 0, "disable_tqdm": True,
     }))
     return config
@@ -108,6 +108,7 @@ def test_fsdp_shards_the_4bit_weights_and_computes_what_one_process_does(tiny_ll
     for unit in four_bit_units:  # flattened with the layer's other frozen weights, half on each process
         assert unit["dtype"] == "torch.bfloat16" and unit["local"] == -(-unit["full"] // 2)
     assert report["max_abs_reward_diff"] == 0.0 and report["max_abs_step_diff"] == 0.0
+    assert report["max_abs_score_diff"] == 0.0  # the recipe's scoring of a sharded model, on every process
     assert report["trainable"] == 17  # 2 layers x 4 projections x (A, B) + the head
 
 

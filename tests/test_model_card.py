@@ -95,3 +95,18 @@ def test_evaluation_metrics_rows_of_an_evaluation_result(tmp_path):
                     "dev: ties": 1, "dev: margin mean / median": "0.25 / 0.5"}
     card = ModelCard.load(write_model_card(tmp_path, base_model="a/b", metrics=rows)).text
     assert "| dev: accuracy | 0.5 |" in card and "| dev: ties | 1 |" in card
+
+
+def test_training_settings_report_the_dropout_that_runs(tmp_path):
+    """LoRA dropout runs at its configured rate (the trainer keeps it under TRL's `disable_dropout`); the base
+    model's dropout is what `disable_dropout` says."""
+    from trl import ModelConfig, RewardConfig
+
+    from bt_peft.export.model_card import training_settings
+
+    model_args = ModelConfig(lora_r=16, lora_alpha=32, lora_dropout=0.05)
+    for disable, base in ((True, "off (disable_dropout)"), (False, "as its config says")):
+        args = RewardConfig(output_dir=str(tmp_path), bf16=False, disable_dropout=disable)
+        settings = training_settings(args, model_args, 3)
+        assert settings["LoRA r / alpha / dropout"] == "16 / 32 / 0.05"
+        assert settings["dropout of the base model"] == base

@@ -10,7 +10,9 @@ import torch
 from safetensors import safe_open
 
 from bt_peft.modeling import head_name
+from bt_peft.quantization import disable_cpu_weight_repacking
 from bt_peft.training.qlora import load_qlora_model, lora_targets
+from bt_peft.upstream import UpstreamChangedError
 
 from conftest import tiny_llama_config
 
@@ -118,6 +120,17 @@ def test_target_modules_override(tiny_llama_dir):
 def test_gradient_checkpointing_on_by_default(qlora):
     model, _ = qlora
     assert model.base_model.model.is_activation_checkpointing
+
+
+def test_checkpointing_uses_the_api_transformers_keeps(tiny_llama_dir):
+    """transformers 5 deprecates `gradient_checkpointing_enable` (removed in 6). peft's own read of the deprecated
+    `is_gradient_checkpointing` (in `PeftModel.__init__`) is upstream's and is left out."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        load_qlora_model(tiny_llama_dir, compute_dtype=torch.float32)
+    messages = [str(w.message) for w in caught if issubclass(w.category, FutureWarning)]
+    deprecated = [text for text in messages if "checkpointing" in text and not text.startswith("`is_gradient_checkpointing`")]
+    assert deprecated == []
 
 
 def test_gradient_checkpointing_off_when_asked(tiny_llama_dir):
@@ -250,6 +263,15 @@ def test_cpu_weight_repacking_is_disabled_on_every_4bit_layer(qlora):
     assert layers
     assert all(layer.support_avx512bf16_for_cpu is False for layer in layers.values())
 
+
+
+def test_cpu_weight_repacking_switch_missing_on_any_layer_fails_loudly_before_any_change():
+    """A bitsandbytes release that renames the switch must not get a dead attribute set silently, on any layer."""
+    layers = torch.nn.Sequential(bnb.nn.Linear4bit(8, 8), bnb.nn.Linear4bit(8, 8))
+    del layers[1].support_avx512bf16_for_cpu  # what a renamed attribute looks like on a real Linear4bit
+    with pytest.raises(UpstreamChangedError, match="support_avx512bf16_for_cpu"):
+        disable_cpu_weight_repacking(layers)
+    assert layers[0].support_avx512bf16_for_cpu is not False and not hasattr(layers[1], "support_avx512bf16_for_cpu")
 
 def test_eval_no_grad_forward_does_not_change_later_gradients(tiny_llama_dir):
     evaluated, fresh = deterministic_qlora(tiny_llama_dir), deterministic_qlora(tiny_llama_dir)

@@ -8,6 +8,7 @@ from trl.trainer.reward_trainer import DataCollatorForPreference
 
 from bt_peft import BradleyTerryRewardTrainer, bt_reward, load_qlora_model
 from bt_peft.quantization import load_reward_model, nf4_config
+from bt_peft.tokenizer import load_tokenizer
 from conftest import fp32_args, preference_rows
 
 NF4 = nf4_config(torch.float32)
@@ -51,6 +52,25 @@ def test_trainable_parameters_keep_their_dtype_under_bf16_args(qlora, tmp_path):
     assert any("score" in name for name in dtypes) and any("lora_A" in name for name in dtypes)
     assert set(dtypes.values()) == {torch.float32}
 
+
+
+class MovingTrainer(BradleyTerryRewardTrainer):
+    """What a GPU host does to a model loaded without a device map: the Trainer moves it to `args.device` inside
+    TRL's `__init__`; here to `meta`, the one other device a CPU has."""
+
+    def _move_model_to_device(self, model, device):
+        super()._move_model_to_device(model, torch.device("meta"))
+
+
+def test_trainable_parameters_stay_where_the_trainer_moved_the_model(tiny_llama_dir, tmp_path):
+    """Defect 3: the dtype restore after TRL's `__init__` must not put the pre-move (CPU) tensors back."""
+    model = load_reward_model(tiny_llama_dir, dtype=torch.float32)
+    lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="SEQ_CLS")
+    trainer = MovingTrainer(model=model, args=fp32_args(tmp_path), peft_config=lora, train_dataset=Dataset.from_list(
+        preference_rows(1)), processing_class=load_tokenizer(tiny_llama_dir))
+    trainable = {name: param for name, param in trainer.model.named_parameters() if param.requires_grad}
+    assert trainable and {param.device.type for param in trainer.model.parameters()} == {"meta"}
+    assert {param.dtype for param in trainable.values()} == {torch.float32}
 
 def test_compute_loss_is_bradley_terry_on_logit_one_with_margin_and_centering(qlora, tmp_path):
     rows = [dict(row, margin=0.25 * i) for i, row in enumerate(preference_rows(1))]
@@ -162,3 +182,27 @@ def test_unused_logit_stays_zero_through_training(trained):
     head = trainer.model.get_base_model().score.modules_to_save["default"].weight
     assert not head[0].any(), "row 0 starts at zero and the Bradley-Terry loss never reaches it"
     assert head[1].abs().sum() > 0, "row 1, the reward, is trained"
+
+
+def test_lora_dropout_keeps_its_configured_rate_under_trls_disable_dropout(tiny_llama_dir, tmp_path):
+    """Defect 6: TRL's `disable_dropout=True` (default) zeroed LoRA's dropout too, while configs and card said 0.05."""
+    model, tokenizer = load_qlora_model(tiny_llama_dir, compute_dtype=torch.float32, lora_dropout=0.3)
+    trainer = BradleyTerryRewardTrainer(model=model, args=fp32_args(tmp_path), processing_class=tokenizer,
+                                        train_dataset=Dataset.from_list(preference_rows(1)))
+    assert trainer.args.disable_dropout
+    rates = {module.p for name, module in trainer.model.named_modules()
+             if isinstance(module, torch.nn.Dropout) and ".lora_dropout." in name}
+    assert rates == {0.3}
+    trainer.model.train()
+    with torch.no_grad():
+        for name, param in trainer.model.named_parameters():  # LoRA's B and the head start at zero
+            if "lora_B" in name or "modules_to_save" in name:
+                torch.nn.init.normal_(param)
+        batch = torch.tensor([[0, 5, 9, 17, 23, 1]])
+        assert not torch.equal(trainer.model(input_ids=batch).logits, trainer.model(input_ids=batch).logits)
+
+
+@pytest.mark.parametrize("name, value", [("pad_token", "</s>"), ("eos_token", "<s>"), ("dataset_num_proc", 4)])
+def test_trl_settings_the_trainer_replaces_are_refused_by_name(qlora, tmp_path, name, value):
+    with pytest.raises(ValueError, match=f"does not use: {name}="):
+        make_trainer(qlora, tmp_path, **{name: value})

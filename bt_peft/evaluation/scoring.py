@@ -1,19 +1,23 @@
-"""Rewards of token ids (`score_ids`) and of texts or conversations (`score`), read exactly as in training; a merged
-checkpoint's rewards next to its trained model's (`compare_with_merged`)."""
+"""Rewards of token ids (`score_ids`) and of texts or conversations (`score`), read exactly as in training."""
 
-import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import torch
 from tqdm.auto import tqdm
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
-from ..data import Content, encode, fit_to_length, to_prompt_and_responses
+from ..data import Content, encode, fit_to_length
 from ..quantization import disable_cpu_weight_repacking
 from ..reward import bt_reward
 
 
-@torch.inference_mode()
+def input_device(model: torch.nn.Module) -> torch.device:
+    """Where a model's inputs go: the device of its first parameter that has data (the embeddings), or the CPU when
+    every parameter is streamed from disk by accelerate (its hooks then move the inputs wherever each layer runs)."""
+    return next((param.device for param in model.parameters() if param.device.type != "meta"), torch.device("cpu"))
+
+
+@torch.no_grad()
 def score_ids(
     model: torch.nn.Module,
     tokenizer: PreTrainedTokenizerBase,
@@ -32,7 +36,8 @@ def score_ids(
 
     Returns:
         `torch.Tensor`, float32, shape `(len(ids),)`, on the CPU, in input order: `bt_reward` of each sequence,
-        computed in eval mode under `torch.inference_mode()` (the model's training mode is restored afterwards).
+        computed in eval mode under `torch.no_grad()` (the model's training mode is restored afterwards; not
+        `inference_mode`, whose tensors an FSDP-sharded model could not update in place when training goes on).
     """
     if model.config.pad_token_id != tokenizer.pad_token_id:
         raise ValueError(
@@ -43,7 +48,7 @@ def score_ids(
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     disable_cpu_weight_repacking(model)
     order = sorted(range(len(ids)), key=lambda index: len(ids[index]))
-    device = next(model.parameters()).device
+    device = input_device(model)
     rewards = torch.empty(len(ids), dtype=torch.float32)
     was_training = model.training
     model.eval()
@@ -82,36 +87,3 @@ def score(
     special_prefix = encode(tokenizer, "")
     ids = [fit_to_length(encode(tokenizer, text), max_length, special_prefix) for text in texts]
     return score_ids(model, tokenizer, ids, batch_size, progress)
-
-
-def compare_with_merged(
-    merged_dir: str | os.PathLike,
-    model: torch.nn.Module,
-    tokenizer: PreTrainedTokenizerBase,
-    pairs: Iterable[dict],
-    max_length: int | None = None,
-) -> dict:
-    """Score preference pairs with a merged checkpoint, loaded the plain way (`AutoModelForSequenceClassification`,
-    fp32, its saved tokenizer), and with the model it was merged from.
-
-    Args:
-        merged_dir (`str`): a `merge_and_save` directory.
-        model, tokenizer: the trained model (e.g. 4-bit + adapter) and its tokenizer.
-        pairs (`Iterable[dict]`): preference rows in any supported format (`data.to_prompt_and_responses`).
-        max_length (`int`, *optional*): as in training.
-
-    Returns:
-        `dict`: `merged_vs_trained_max_abs_reward_diff` (the largest difference over all chosen and rejected
-        texts) and `scored_pairs`, the merged checkpoint's `chosen_reward` and `rejected_reward` of each pair.
-    """
-    sides = [to_prompt_and_responses(row) for row in pairs]  # (prompt, chosen, rejected)
-    texts = [side[reply] if side[0] is None else side[0] + side[reply] for reply in (1, 2) for side in sides]
-    merged = AutoModelForSequenceClassification.from_pretrained(merged_dir, dtype=torch.float32)
-    merged_rewards = score(merged, AutoTokenizer.from_pretrained(merged_dir), texts, max_length=max_length)
-    trained_rewards = score(model, tokenizer, texts, max_length=max_length)
-    n = len(sides)
-    return {
-        "merged_vs_trained_max_abs_reward_diff": (merged_rewards - trained_rewards).abs().max().item(),
-        "scored_pairs": [{"chosen_reward": merged_rewards[i].item(), "rejected_reward": merged_rewards[n + i].item()}
-                         for i in range(n)],
-    }

@@ -66,10 +66,15 @@ def training_settings(training_args, model_args, steps: int) -> dict:
     Returns:
         `dict`: setting name -> value.
     """
+    targets = model_args.lora_target_modules  # TRL's parser turns a single target into a string
+    targets = [targets] if isinstance(targets, str) else targets
     return {
         "quantization": f"NF4 with double quant, compute dtype {model_args.dtype}",
         "LoRA r / alpha / dropout": f"{model_args.lora_r} / {model_args.lora_alpha} / {model_args.lora_dropout}",
-        "LoRA targets": ", ".join(model_args.lora_target_modules or []) or "attention projections",
+        "dropout of the base model": "off (disable_dropout)" if training_args.disable_dropout else "as its config says",
+        "LoRA targets": ", ".join(targets or []) or "attention projections",
+        "LoRA scaling": "alpha / sqrt(r) (rsLoRA)" if model_args.use_rslora else "alpha / r",
+        "trained in full": ", ".join(["the head"] + list(model_args.lora_modules_to_save or [])),
         "learning rate": training_args.learning_rate,
         "scheduler": str(training_args.lr_scheduler_type.value),
         "optimizer steps": steps,

@@ -19,11 +19,20 @@ class BradleyTerryRewardConfig(RewardConfig):
             pair of the batch, so rows are never longer than without padding-free batches, only fewer. A pair
             longer than the budget gets a row of its own.
 
+    `activation_checkpointing` is on by default, as TRL's `gradient_checkpointing`, whose name transformers 5 has
+    deprecated (removed in 6; set it and it still counts, with transformers' `FutureWarning`).
+
     Rows vary with the data; `per_device_train_batch_size` stays the number of pairs per step. Models whose
     architecture cannot take the custom mask (encoders such as BERT, FlashAttention) fall back to standard padded
     batches, logged once. A plain `RewardConfig` given to the trainer gets these defaults.
     """
 
+    gradient_checkpointing: bool | None = field(
+        default=None, metadata={"help": "deprecated by transformers 5 (removed in 6): use activation_checkpointing"}
+    )
+    activation_checkpointing: bool | None = field(
+        default=None, metadata={"help": "recompute activations in the backward to save memory (default on, as TRL)"}
+    )
     packing: bool = field(default=True, metadata={"help": "shared-prefix packing: the prompt of a pair is computed once"})
     padding_free: bool = field(default=True, metadata={"help": "pack several pairs per row up to max_tokens_per_row"})
     max_tokens_per_row: int | None = field(
@@ -31,6 +40,8 @@ class BradleyTerryRewardConfig(RewardConfig):
     )
 
     def __post_init__(self):
+        if self.activation_checkpointing is None and self.gradient_checkpointing is None:
+            self.activation_checkpointing = True  # TRL's default, under the name transformers 5 keeps
         super().__post_init__()
         if self.max_tokens_per_row is not None and self.max_tokens_per_row < 2:
             raise ValueError(f"max_tokens_per_row must be at least 2 (one token per reply), got {self.max_tokens_per_row}")

@@ -385,7 +385,8 @@ def plan_memory(
             the longest pair of a batch reaches it.
         packing (`bool`): a pair is one sequence `prompt + chosen + rejected` (shared prefix) instead of two.
         prompt_fraction (`float`): share of `pair_length` that is prompt (0.5, as in HH-RLHF); used with packing.
-        gradient_checkpointing (`bool`): as in `load_qlora_model` (on by default).
+        gradient_checkpointing (`bool`): activation checkpointing, as `load_qlora_model(gradient_checkpointing=)`
+            and the training config's `activation_checkpointing` (transformers 5's name; on by default).
         lora_r (`int`), lora_targets (`list[str]`, *optional*): LoRA rank and targets (default: the attention
             projections).
         compute_dtype (`str | torch.dtype`): 4-bit compute dtype and dtype of the unquantized body.

@@ -72,6 +72,8 @@ def load_qlora_model(
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
     quant_storage: torch.dtype | None = None,
+    use_rslora: bool = False,
+    modules_to_save: list[str] | None = None,
 ) -> tuple[PeftModel, PreTrainedTokenizerBase]:
     """Load a Bradley-Terry reward model for QLoRA training.
 
@@ -81,7 +83,8 @@ def load_qlora_model(
             norms): bf16 by default, fp32 selectable; fp16 warns (NaN-prone with score heads).
         lora_r, lora_alpha, lora_dropout: LoRA hyper-parameters (defaults 16, 32, 0.05).
         target_modules (`list[str]`, *optional*): LoRA targets; default: the architecture's attention projections.
-        gradient_checkpointing (`bool`): non-reentrant gradient checkpointing (default on).
+        gradient_checkpointing (`bool`): non-reentrant activation checkpointing (default on), transformers'
+            `activation_checkpointing_enable` (which also makes the embeddings' output require grad for LoRA).
         attn_implementation (`str`, *optional*): e.g. "sdpa", "flash_attention_2", "eager".
         device_map: where to put the model; default: this process's GPU, or the CPU.
         trust_remote_code (`bool`): off by default; never turned on silently.
@@ -90,6 +93,9 @@ def load_qlora_model(
         quant_storage (`torch.dtype`, *optional*): storage dtype of the 4-bit weights (see `nf4_config`); default
             uint8. For FSDP (`recipes/accelerate/fsdp_qlora.yaml`) set it to `compute_dtype` (another float raises
             `ValueError`): then every frozen weight has that dtype, so FSDP can flatten and shard them.
+        use_rslora (`bool`): rank-stabilized LoRA, scaling `lora_alpha / sqrt(r)` instead of `lora_alpha / r`.
+        modules_to_save (`list[str]`, *optional*): more modules trained in full and saved with the adapter (the head
+            always is).
 
     Returns:
         (`PeftModel`, tokenizer): linear layers in NF4 with double quant; LoRA adapters (fp32) on the targets;
@@ -115,9 +121,8 @@ def load_qlora_model(
         trust_remote_code=trust_remote_code,
         allow_pickle=allow_pickle,
     )
-    if gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.enable_input_require_grads()
+    if gradient_checkpointing:  # transformers 5's activation checkpointing (its `gradient_checkpointing*` go in v6)
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     tokenizer = load_tokenizer(model_name_or_path, eos_ids=eos_ids_of(model.config), trust_remote_code=trust_remote_code)
     model.config.pad_token_id = tokenizer.pad_token_id
     lora = LoraConfig(
@@ -126,6 +131,8 @@ def load_qlora_model(
         lora_dropout=lora_dropout,
         target_modules=target_modules or lora_targets(model.config),
         task_type="SEQ_CLS",
+        use_rslora=use_rslora,
+        modules_to_save=modules_to_save,
     )
     model = add_lora(model, lora)
     if fsdp_storage:  # the head's frozen original (kept by peft, unused while the adapter is on) joins the body's dtype

@@ -52,6 +52,22 @@ def _shown_to_trl_as_single_label(model: torch.nn.Module) -> Iterator[None]:
         configure_bradley_terry(config)
 
 
+@contextlib.contextmanager
+def _lora_dropout_kept(model: torch.nn.Module) -> Iterator[None]:
+    """TRL's `disable_dropout=True` (its default) sets `p = 0` on every `nn.Dropout` of the model, LoRA's included,
+    while the LoRA config (`lora_dropout`, the recipe's 0.05) says otherwise. The base model's dropout stays off as TRL
+    wants; each LoRA dropout gets its configured rate back after the call (set `lora_dropout=0` for none)."""
+    from peft.tuners.lora import LoraLayer
+
+    rates = [(dropout, dropout.p) for layer in model.modules() if isinstance(layer, LoraLayer)
+             for dropout in layer.lora_dropout.values() if isinstance(dropout, torch.nn.Dropout)]
+    try:
+        yield
+    finally:
+        for dropout, rate in rates:
+            dropout.p = rate
+
+
 class BradleyTerryRewardTrainer(NonFiniteGuardMixin, SafeCheckpointMixin, RewardTrainer):
     """`trl.RewardTrainer` for 2-label Bradley-Terry reward models.
 
@@ -70,6 +86,8 @@ class BradleyTerryRewardTrainer(NonFiniteGuardMixin, SafeCheckpointMixin, Reward
     - data: pairs longer than `max_length` are kept, their prompt cut from the left; what was truncated or
       skipped is printed and kept in `preparation_reports`.
     - trainable parameters keep the dtype the model was given (TRL casts QLoRA adapters and head to bf16).
+    - LoRA dropout stays at its configured rate; `args.disable_dropout` (TRL's default) turns off the base model's
+      dropout only (TRL turns off every `nn.Dropout`, LoRA's included).
     - batches: shared-prefix packing and padding-free rows by default on decoder-only models (`training.packing`),
       switched by `BradleyTerryRewardConfig.packing`/`padding_free` (a plain `RewardConfig` keeps both on); other
       models, or a `data_collator` you pass, get the batches as before.
@@ -95,6 +113,7 @@ class BradleyTerryRewardTrainer(NonFiniteGuardMixin, SafeCheckpointMixin, Reward
         if isinstance(train_dataset, IterableDataset):
             raise TypeError("BradleyTerryRewardTrainer needs a map-style datasets.Dataset (streaming is not supported)")
         args = args or RewardConfig(output_dir="bt-reward-model")
+        refuse_ignored_settings(args)
         validate_training_setup(args, model, peft_config, quantization_config is not None, processing_class,
                                 args.trust_remote_code)
         if args.fp16:
@@ -118,8 +137,8 @@ class BradleyTerryRewardTrainer(NonFiniteGuardMixin, SafeCheckpointMixin, Reward
         if data_collator is None:
             data_collator = packed_collator(model, args, processing_class.pad_token_id)
         self.preparation_reports = {}
-        trainable = {name: param.data for name, param in model.named_parameters() if param.requires_grad}
-        with _shown_to_trl_as_single_label(model):
+        trainable = trainable_data(model)
+        with _shown_to_trl_as_single_label(model), _lora_dropout_kept(model):
             super().__init__(
                 model=model,
                 args=args,
@@ -130,11 +149,7 @@ class BradleyTerryRewardTrainer(NonFiniteGuardMixin, SafeCheckpointMixin, Reward
                 **kwargs,
             )
         # TRL casts the trainable parameters of a quantized model to bf16 (no public switch); give back the originals
-        parameters = dict(self.model.named_parameters())
-        if not trainable.keys() <= parameters.keys():
-            raise upstream_error("trl", "RewardTrainer keeping the parameter names of the model it is given")
-        for name, data in trainable.items():
-            parameters[name].data = data
+        restore_trainable_dtypes(self.model, trainable)
         self.pair_metrics = {"train": defaultdict(list), "eval": defaultdict(list)}  # logged means, see `log`
         self.train_tokens = 0
         config = self.accelerator.parallelism_config  # tensor-parallel ranks see the same batch: count it once
@@ -181,6 +196,44 @@ class BradleyTerryRewardTrainer(NonFiniteGuardMixin, SafeCheckpointMixin, Reward
         logs.update({f"{prefix}{key}": sum(values) / len(values) for key, values in self.pair_metrics[mode].items()})
         self.pair_metrics[mode].clear()
         super().log(logs, start_time)
+
+
+IGNORED_SETTINGS = {
+    "pad_token": "bt-peft picks the pad token (choose_pad_token: an unused special token, never eos) and sets "
+                 "model.config.pad_token_id to it; another pad token in TRL's batches would move the reward position",
+    "eos_token": "bt-peft's data preparation appends no eos (TRL's use of it), so it would change nothing",
+    "dataset_num_proc": "bt-peft prepares the pairs in one process (prepare_preference_dataset)",
+}
+"""`RewardConfig` fields that TRL reads but bt-peft's trainer replaces: setting one raises instead of doing nothing."""
+
+
+def refuse_ignored_settings(args: RewardConfig) -> None:
+    """Raise `ValueError` naming each field of `IGNORED_SETTINGS` that `args` sets, and why it would do nothing."""
+    problems = [f"{name}={getattr(args, name)!r}: {reason}" for name, reason in IGNORED_SETTINGS.items()
+                if getattr(args, name, None) is not None]
+    if problems:
+        raise ValueError("settings BradleyTerryRewardTrainer does not use: " + "; ".join(problems))
+
+
+def trainable_data(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The data of each trainable parameter of `model`, by name: what `restore_trainable_dtypes` gives back."""
+    return {name: param.data for name, param in model.named_parameters() if param.requires_grad}
+
+
+def restore_trainable_dtypes(model: torch.nn.Module, originals: dict[str, torch.Tensor]) -> None:
+    """Give each trainable parameter of `model` its value and dtype from `originals` (`trainable_data` taken before
+    TRL's `__init__` cast them), on the device the parameter is on now: the Trainer may have moved the model in
+    between (a model loaded without a device map goes to the GPU), and putting the snapshot's CPU tensors back would
+    fail the first step on a device mismatch.
+
+    Raises:
+        `UpstreamChangedError` when a parameter of `originals` is no longer in `model` (TRL renamed or replaced it).
+    """
+    parameters = dict(model.named_parameters())
+    if not originals.keys() <= parameters.keys():
+        raise upstream_error("trl", "RewardTrainer keeping the parameter names of the model it is given")
+    for name, data in originals.items():
+        parameters[name].data = data.to(parameters[name].device)
 
 
 def packed_collator(model: torch.nn.Module, args: RewardConfig, pad_token_id: int) -> PackedPairCollator | None:
