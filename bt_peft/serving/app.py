@@ -52,7 +52,7 @@ class BearerAuth:
 
 async def read_body(request: Request, max_bytes: int) -> bytes:
     """The request body, refused with 413 as soon as it exceeds `max_bytes` (by its Content-Length or while read)."""
-    too_large = RequestError(413, None, f"the body is larger than this server's limit of {max_bytes} bytes (--max_body_bytes)")
+    too_large = RequestError(413, "body", f"larger than this server's limit of {max_bytes} bytes (--max_body_bytes)")
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > max_bytes:
         raise too_large

@@ -50,16 +50,16 @@ def parse_reward_request(body: bytes, max_texts: int) -> tuple[str, list[Content
         `{"role", "content"}` messages (roles and contents checked as training checks them).
 
     Raises:
-        `RequestError`: 400 for a body that is not a JSON object, has neither or both of "query" and "messages",
+        `RequestError`: 400 for a body that is not a JSON object (field "body"), has neither or both of "query" and "messages",
         a non-list or empty list, a wrong element type, an empty text or conversation, a bad message; 413 for more
         than `max_texts` elements. The field is named: `query`, `query[2]`, `messages[0][1].role`.
     """
     try:
         request = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise RequestError(400, None, f"the body is not valid JSON ({error})") from None
+        raise RequestError(400, "body", f"not valid JSON ({error})") from None
     if not isinstance(request, dict):
-        raise RequestError(400, None, f'expected a JSON object {{"query": [texts]}} or {{"messages": [conversations]}}, got {_type_name(request)}')
+        raise RequestError(400, "body", f'expected a JSON object {{"query": [texts]}} or {{"messages": [conversations]}}, got {_type_name(request)}')
     present = [form for form in ELEMENTS if form in request]
     if len(present) != 1:
         raise RequestError(400, "query", 'expected exactly one of "query" (a list of texts) or "messages" (a list of conversations)'
