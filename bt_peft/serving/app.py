@@ -8,15 +8,16 @@ API key, 404/405 unknown route or method, 413 body, text count or text length ov
 (retry later) or the server is stopping, 500 the model failed on a batch (the server keeps serving).
 """
 
+import asyncio
 import contextlib
 import hmac
 import logging
 import math
 import signal
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 
 from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -73,26 +74,35 @@ def create_app(model, tokenizer, settings: ServeSettings) -> Starlette:
 
     Returns:
         `Starlette`: its lifespan starts the `MicroBatcher` (the model runs in the batcher's one worker thread) and,
-        at shutdown, scores what was submitted before stopping it.
+        at shutdown, scores what was submitted before stopping it. Request bodies are parsed and tokenized in one
+        other thread (a fast tokenizer must not be called from several threads at once), so the event loop never
+        waits on either.
     """
 
     def score_batch(sequences: list[list[int]]) -> list[float]:
         return score_ids(model, tokenizer, sequences, batch_size=len(sequences)).tolist()
 
+    def prepare(body: bytes) -> tuple[str, list[list[int]]]:
+        form, contents = parse_reward_request(body, settings.max_texts)
+        return form, encode_contents(tokenizer, form, contents, settings.max_length, settings.truncate)
+
     batcher = MicroBatcher(score_batch, settings.token_budget, settings.max_wait_ms / 1000, settings.max_queue)
+
+    tokenizing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bt-peft-tokenizer")
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         batcher.start()
         yield
         await batcher.stop()
+        tokenizing.shutdown(wait=True)
 
     async def health(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok", "waiting": batcher.waiting})
 
     async def get_reward(request: Request) -> JSONResponse:
-        form, contents = parse_reward_request(await read_body(request, settings.max_body_bytes), settings.max_texts)
-        sequences = await run_in_threadpool(encode_contents, tokenizer, form, contents, settings.max_length, settings.truncate)
+        body = await read_body(request, settings.max_body_bytes)
+        form, sequences = await asyncio.get_running_loop().run_in_executor(tokenizing, prepare, body)
         try:
             rewards = await batcher.submit(sequences)
         except Unavailable as error:
