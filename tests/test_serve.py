@@ -271,3 +271,20 @@ def test_sigterm_lets_requests_in_flight_finish_then_exits_0(fleet, reference):
     assert served.process.wait(timeout=60) == 0, served.log.read_text()[-3000:]
     assert [reward for rewards_ in rewards for reward in rewards_] == pytest.approx(
         score(*reference, [text for request in texts for text in request]).tolist(), abs=1e-5)
+
+
+@pytest.mark.parametrize("form", ["merged", "scalar"])
+def test_load_in_4bit_quantizes_the_body_and_keeps_the_reward_head(checkpoints, reference, form):
+    import bitsandbytes as bnb
+
+    from bt_peft.serving.model import load_served_model
+
+    model, tokenizer = load_served_model(str(checkpoints[form]), load_in_4bit=True, device="cpu")
+    assert sum(isinstance(module, bnb.nn.Linear4bit) for module in model.modules()) == 14  # 2 layers x 7 projections
+    assert type(model.score) is torch.nn.Linear and model.score.weight.dtype == torch.float32
+    assert model.score.weight[1].tolist() == pytest.approx(reference[0].score.weight[1].tolist())
+    if form == "scalar":  # the 1-label head became row 1; row 0 is zeros
+        assert not model.score.weight[0].any()
+    texts = [text_of(7, 5), text_of(8, 30)]
+    quantized, exact = score(model, tokenizer, texts), score(*reference, texts)
+    assert torch.allclose(quantized, exact, atol=0.2 * exact.abs().max().item()) and not torch.equal(quantized, exact)
