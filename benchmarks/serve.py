@@ -8,8 +8,10 @@ Arms, on the same texts (the chosen side of the first `--texts` pairs of the HH-
     one-at-a-time   in this process, `bt_peft.score(model, tokenizer, [text])`: one text per call, one call after another
     serve, N        a `bt-peft serve` process (`--truncate --max_length` the same), N client threads each posting one
                     text per request to /get_reward (urllib), until every text is scored
-Printed per arm and repeat: texts/s (texts over wall time), p50 and p99 latency of one call or request, the ratio to
-one-at-a-time in the same repeat, and the largest difference between the served and in-process rewards. The arms
+Printed per arm and repeat: texts/s (texts over wall time), p50 and p99 latency of one call or request, texts per
+CPU-second of the scoring process (this process for one-at-a-time, the server's for serve; Linux `/proc`), the
+ratios of both throughputs to one-at-a-time in the same repeat, and the largest difference between the served and
+in-process rewards. On a CPU shared with other work, wall time measures the other work too; CPU time much less. The arms
 run interleaved (each repeat runs every arm once), so slow phases of a shared CPU hit all arms alike; the summary
 gives the median of the repeats. With `--output FILE`, everything is written as JSON.
 """
@@ -43,20 +45,27 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
-def summary(name: str, seconds: float, latencies: list[float]) -> dict:
-    return {"arm": name, "texts_per_s": len(latencies) / seconds, "p50_ms": 1000 * percentile(latencies, 0.5),
-            "p99_ms": 1000 * percentile(latencies, 0.99), "seconds": seconds}
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process `pid` so far, all threads (Linux `/proc/<pid>/stat`)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def summary(name: str, seconds: float, cpu: float, latencies: list[float]) -> dict:
+    return {"arm": name, "texts_per_s": len(latencies) / seconds, "texts_per_cpu_s": len(latencies) / cpu,
+            "p50_ms": 1000 * percentile(latencies, 0.5), "p99_ms": 1000 * percentile(latencies, 0.99),
+            "seconds": seconds, "cpu_seconds": cpu}
 
 
 def one_at_a_time(model, tokenizer, texts: list[str], max_length: int) -> tuple[dict, list[float]]:
     """Score each text alone, one call after another, in this process."""
     rewards, latencies = [], []
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), cpu_seconds(os.getpid())
     for text in texts:
         began = time.perf_counter()
         rewards.append(score(model, tokenizer, [text], max_length=max_length).item())
         latencies.append(time.perf_counter() - began)
-    return summary("one-at-a-time", time.perf_counter() - start, latencies), rewards
+    return summary("one-at-a-time", time.perf_counter() - start, cpu_seconds(os.getpid()) - cpu_start, latencies), rewards
 
 
 def post(url: str, texts: list[str]) -> list[float]:
@@ -65,7 +74,7 @@ def post(url: str, texts: list[str]) -> list[float]:
         return json.loads(response.read())["rewards"]
 
 
-def served(url: str, texts: list[str], clients: int) -> tuple[dict, list[float]]:
+def served(url: str, server_pid: int, texts: list[str], clients: int) -> tuple[dict, list[float]]:
     """`clients` threads post one text per request until every text is scored."""
     rewards: list[float] = [0.0] * len(texts)
     latencies: list[float] = [0.0] * len(texts)
@@ -76,10 +85,11 @@ def served(url: str, texts: list[str], clients: int) -> tuple[dict, list[float]]
             rewards[index] = post(url, [texts[index]])[0]
             latencies[index] = time.perf_counter() - began
 
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), cpu_seconds(server_pid)
     with ThreadPoolExecutor(clients) as pool:
         list(pool.map(client, range(clients)))
-    return summary(f"serve, {clients} clients", time.perf_counter() - start, latencies), rewards
+    wall, cpu = time.perf_counter() - start, cpu_seconds(server_pid) - cpu_start
+    return summary(f"serve, {clients} clients", wall, cpu, latencies), rewards
 
 
 def start_server(model: str, max_length: int, dtype: str, token_budget: int, max_wait_ms: float) -> tuple[subprocess.Popen, str]:
@@ -136,14 +146,16 @@ def main() -> None:
             baseline, expected = one_at_a_time(model, tokenizer, texts, args.max_length)
             arms = [baseline]
             for count in clients:
-                arm, rewards = served(url, texts, count)
+                arm, rewards = served(url, process.pid, texts, count)
                 arm["max_abs_reward_diff"] = max(abs(a - b) for a, b in zip(rewards, expected))
                 arms.append(arm)
             for arm in arms:
-                arm |= {"repeat": repeat, "speedup": arm["texts_per_s"] / baseline["texts_per_s"]}
+                arm |= {"repeat": repeat, "speedup": arm["texts_per_s"] / baseline["texts_per_s"],
+                        "cpu_speedup": arm["texts_per_cpu_s"] / baseline["texts_per_cpu_s"]}
                 difference = f"  max |served - score| {arm['max_abs_reward_diff']:.1e}" if "max_abs_reward_diff" in arm else ""
-                print(f"repeat {repeat}  {arm['arm']:<18} {arm['texts_per_s']:7.2f} texts/s  p50 {arm['p50_ms']:8.1f} ms  "
-                      f"p99 {arm['p99_ms']:8.1f} ms  x{arm['speedup']:.2f}{difference}", flush=True)
+                print(f"repeat {repeat}  {arm['arm']:<18} {arm['texts_per_s']:7.2f} texts/s (x{arm['speedup']:.2f})  "
+                      f"p50 {arm['p50_ms']:8.1f} ms  p99 {arm['p99_ms']:8.1f} ms  {arm['texts_per_cpu_s']:6.2f} texts/CPU-s "
+                      f"(x{arm['cpu_speedup']:.2f}){difference}", flush=True)
             results += arms
     finally:
         process.terminate()
@@ -151,9 +163,10 @@ def main() -> None:
     print("\nmedian over repeats:")
     for name in dict.fromkeys(arm["arm"] for arm in results):
         arms = [arm for arm in results if arm["arm"] == name]
-        median = {key: statistics.median(arm[key] for arm in arms) for key in ("texts_per_s", "p50_ms", "p99_ms", "speedup")}
-        print(f"  {name:<18} {median['texts_per_s']:7.2f} texts/s  p50 {median['p50_ms']:8.1f} ms  p99 {median['p99_ms']:8.1f} ms  "
-              f"x{median['speedup']:.2f}")
+        keys = ("texts_per_s", "speedup", "p50_ms", "p99_ms", "texts_per_cpu_s", "cpu_speedup")
+        median = {key: statistics.median(arm[key] for arm in arms) for key in keys}
+        print(f"  {name:<18} {median['texts_per_s']:7.2f} texts/s (x{median['speedup']:.2f})  p50 {median['p50_ms']:8.1f} ms  "
+              f"p99 {median['p99_ms']:8.1f} ms  {median['texts_per_cpu_s']:6.2f} texts/CPU-s (x{median['cpu_speedup']:.2f})")
     if args.output:
         Path(args.output).write_text(json.dumps({"args": vars(args), "results": results}, indent=1))
 
