@@ -161,6 +161,38 @@ def test_plan_batches_sorts_by_length_within_the_token_budget():
     assert batches == [[1, 3, 2], [0], [4], [5]]  # 100 > the budget: alone
 
 
+def test_micro_batcher_batches_concurrent_requests_by_length_and_bounds_its_queue():
+    import asyncio
+
+    from bt_peft.serving.batching import MicroBatcher, QueueFullError, Unavailable
+
+    batches = []
+
+    def score_batch(sequences):  # reward = the sequence's first id, so each answer shows whose it is
+        batches.append([len(ids) for ids in sequences])
+        return [float(ids[0]) for ids in sequences]
+
+    async def scenario():
+        batcher = MicroBatcher(score_batch, token_budget=12, max_wait_s=0.05, max_queue=6)
+        batcher.start()
+        requests = [[[1] * 4, [2] * 1], [[3] * 2], [[4] * 6, [5] * 1, [6] * 3]]
+        answers = await asyncio.gather(*(batcher.submit(request) for request in requests))
+        first = asyncio.ensure_future(batcher.submit([[7]] * 6))
+        await asyncio.sleep(0)  # queued: the queue is full
+        with pytest.raises(QueueFullError):
+            await batcher.submit([[8]])
+        answers.append(await first)
+        await batcher.stop()
+        with pytest.raises(Unavailable):
+            await batcher.submit([[9]])
+        return answers
+
+    answers = asyncio.run(scenario())
+    assert answers == [[1.0, 2.0], [3.0], [4.0, 5.0, 6.0], [7.0] * 6]
+    assert batches[:2] == [[1, 1, 2, 3], [4, 6]]  # one round of 3 requests, by length, <= 12 padded tokens a batch
+    assert batches[2:] == [[1] * 6]
+
+
 def test_rewards_equal_score_for_texts_and_conversations(server, reference):
     model, tokenizer = reference
     texts = [text_of(0, 3), text_of(1, 20), "Human: hi"]

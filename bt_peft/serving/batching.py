@@ -105,6 +105,8 @@ class MicroBatcher:
         """
         if self._closing:
             raise Unavailable("the server is shutting down")
+        if self._loop_task is None or self._loop_task.done():  # not started, or died: never queue what nothing scores
+            raise Unavailable("the batching loop is not running")
         if len(self._waiting) + len(sequences) > self.max_queue:
             raise QueueFullError(f"{len(self._waiting)} texts are waiting to be scored (at most {self.max_queue})")
         loop = asyncio.get_running_loop()
