@@ -1,10 +1,11 @@
-"""`bt-peft`: the command line. Subcommands `train`, `eval`, `score`, `merge` and `plan`.
+"""`bt-peft`: the command line. Subcommands `train`, `eval`, `score`, `merge`, `plan` and `serve`.
 
     bt-peft train --config recipes/configs/demo_smollm2.yaml --max_steps 20
     bt-peft eval outputs/demo-smollm2/merged bt_peft:demo --compare bt_peft:smollm2 --output_dir eval
     bt-peft score outputs/demo-smollm2/merged texts.jsonl --output rewards.jsonl
     bt-peft merge outputs/demo-smollm2/adapter merged --dtype float32 --from_4bit
     bt-peft plan llama-3-8b --batch_size 4 --pair_length 1024 --gpu_gb 24
+    bt-peft serve outputs/demo-smollm2/merged --port 5000
 
 Each subcommand's options are a dataclass parsed by `transformers.HfArgumentParser` (help from the field metadata);
 `train` hands its arguments to the recipe's `TrlParser` (`bt_peft.recipe.main`, i.e. `recipes/qlora_llama3.py`).
@@ -22,6 +23,8 @@ from pathlib import Path
 from typing import Literal
 
 from transformers import HfArgumentParser
+
+from .serving.settings import API_KEY_ENV, ServeSettings
 
 Dtype = Literal["bfloat16", "float32", "float16"]
 TRAIN_HELP = Path(__file__).parent / "train_help.txt"
@@ -246,10 +249,20 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_serve(args: argparse.Namespace) -> int:
+    settings = _options(ServeSettings, args)
+    try:
+        from .serving.app import run_server
+    except ModuleNotFoundError as error:
+        raise OSError(f"{error.name} is not installed: pip install 'bt-peft[serve]' (starlette, uvicorn)") from None
+    run_server(args.model, settings)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The `bt-peft` parser: one subparser per command, each an `HfArgumentParser` over its options dataclass."""
     parser = argparse.ArgumentParser(
-        prog="bt-peft", description="Bradley-Terry reward models with QLoRA: train, evaluate, score, merge, plan."
+        prog="bt-peft", description="Bradley-Terry reward models with QLoRA: train, evaluate, score, merge, plan, serve."
     )
     commands = parser.add_subparsers(title="commands", dest="command", required=True, parser_class=HfArgumentParser)
 
@@ -303,6 +316,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     plan.add_argument("config", help="a preset (llama-3-8b, mistral-7b, qwen2.5-7b), a config.json file or a checkpoint directory")
     plan.set_defaults(run=run_plan)
+
+    serve = commands.add_parser(
+        "serve",
+        dataclass_types=ServeSettings,
+        help="an HTTP reward server (POST /get_reward) with dynamic batching, for RL loops in other processes",
+        description='Serve rewards over HTTP: POST /get_reward {"query": [texts]} or {"messages": [conversations]} '
+        'returns {"rewards": [floats]} (OpenRLHF\'s remote reward API); GET /health. Concurrent requests are '
+        "batched by length under a token budget; a full queue answers 503; errors are JSON naming the field. "
+        f"Binds 127.0.0.1 unless --host is given; --api_key or ${API_KEY_ENV} requires 'Authorization: Bearer KEY'. "
+        "SIGTERM finishes the requests in flight, then exits.",
+    )
+    serve.add_argument("model", help="merged checkpoint, adapter directory, 1-label scalar export, other reward checkpoint or bt_peft:smollm2")
+    serve.set_defaults(run=run_serve)
     return parser
 
 

@@ -41,13 +41,14 @@ def run(tiny_llama_dir, tmp_path_factory) -> Path:
 
 
 def test_help_of_every_command():
-    assert "train,eval,score,merge,plan" in bt_peft("--help").stdout
+    assert "train,eval,score,merge,plan,serve" in bt_peft("--help").stdout
     expected = {
         "train": "--config FILE.yaml",
         "eval": "--compare",
         "score": '"reward" added',
         "merge": "--from_4bit",
         "plan": "--gpu_gb",
+        "serve": "--max_queue",
     }
     for command, text in expected.items():
         result = bt_peft(command, "--help")

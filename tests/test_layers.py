@@ -5,6 +5,7 @@ Layers, bottom to top (an import may only point down, or sideways within the cor
 
 - core: the flat modules `bt_peft.<module>` listed in `CORE`;
 - groups: `bt_peft.training`, `bt_peft.export`, `bt_peft.evaluation` (each imports the core and itself only);
+- served: `bt_peft.serving` (the reward server, built on `evaluation`: imports the core, the groups and itself);
 - top: the command line, the recipe, the public API (`bt_peft/__init__.py`) and the old `bt_peft.model_card` path.
 """
 
@@ -17,6 +18,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "bt_peft"
 CORE = {"reward", "loss", "modeling", "tokenizer", "data", "validation", "safe_loading", "atomic", "quantization", "embedded",
         "upstream"}
 GROUPS = {"training", "export", "evaluation"}
+SERVED = {"serving"}
 TOP = {"bt_peft", "bt_peft.cli", "bt_peft.recipe", "bt_peft.model_card"}
 
 
@@ -29,10 +31,12 @@ MODULES = {module_name(path): path for path in sorted(PACKAGE.rglob("*.py")) if 
 
 
 def layer(module: str) -> tuple[int, str]:
-    """(0, "core") | (1, group) | (2, "top"); an undeclared module fails the test that calls this."""
+    """(0, "core") | (1, group) | (2, "serving") | (3, "top"); an undeclared module fails the test that calls this."""
     if module in TOP:
-        return 2, "top"
+        return 3, "top"
     parts = module.split(".")
+    if parts[1] in SERVED:
+        return 2, parts[1]
     if parts[1] in GROUPS:
         return 1, parts[1]
     assert len(parts) == 2 and parts[1] in CORE, f"{module} is in no declared layer: add it to CORE, a group or TOP"

@@ -17,6 +17,7 @@ def load_for_scoring(
     path: str | os.PathLike,
     compute_dtype: torch.dtype = torch.float32,
     device_map: dict | str | None = None,
+    load_in_4bit: bool = False,
 ) -> tuple[PreTrainedModel | PeftModel, PreTrainedTokenizerBase]:
     """Load a reward model ready for `score` / `evaluate_pairs`, in eval mode.
 
@@ -27,6 +28,8 @@ def load_for_scoring(
         compute_dtype (`torch.dtype`): adapter: the base is loaded in 4-bit NF4 with this compute dtype, as in
             training (use the training one for its exact rewards); checkpoint: the weights' dtype. Default fp32.
         device_map: where to put the model; default: this process's GPU, or the CPU.
+        load_in_4bit (`bool`): checkpoint: load its body in 4-bit NF4 with `compute_dtype` (the head stays fp32),
+            for big models on small GPUs. An adapter's base is always loaded in 4-bit.
 
     Returns:
         (model, tokenizer): the model (`PeftModel` over the 4-bit base for an adapter, with its trained head;
@@ -40,7 +43,8 @@ def load_for_scoring(
         model = load_reward_model(base, nf4_config(compute_dtype), dtype=compute_dtype, device_map=device_map)
         model = load_adapter(model, path)
     else:
-        model = load_reward_model(path, dtype=compute_dtype, device_map=device_map)
+        quantization_config = nf4_config(compute_dtype) if load_in_4bit else None
+        model = load_reward_model(path, quantization_config, dtype=compute_dtype, device_map=device_map)
     tokenizer = load_tokenizer(path, eos_ids=eos_ids_of(model.config))
     model.config.pad_token_id = tokenizer.pad_token_id
     return model.eval(), tokenizer

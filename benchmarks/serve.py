@@ -1,0 +1,175 @@
+"""Serving throughput: `bt-peft serve` with 1, 8 and 64 concurrent clients against one-at-a-time scoring.
+
+    python benchmarks/serve.py                                   # the demo's merged model, 128 HH dev texts
+    python benchmarks/serve.py outputs/demo-smollm2/merged --texts 64 --repeats 3 --clients 1,8,64
+
+Arms, on the same texts (the chosen side of the first `--texts` pairs of the HH-RLHF harmless-base dev split, cut to
+`--max-length` tokens from the left as training cuts them):
+    one-at-a-time   in this process, `bt_peft.score(model, tokenizer, [text])`: one text per call, one call after another
+    serve, N        a `bt-peft serve` process (`--truncate --max_length` the same), N client threads each posting one
+                    text per request to /get_reward (urllib), until every text is scored
+Printed per arm and repeat: texts/s (texts over wall time), p50 and p99 latency of one call or request, texts per
+CPU-second of the scoring process (this process for one-at-a-time, the server's for serve; Linux `/proc`), the
+ratios of both throughputs to one-at-a-time in the same repeat, and the largest difference between the served and
+in-process rewards. On a CPU shared with other work, wall time measures the other work too; CPU time much less. The arms
+run interleaved (each repeat runs every arm once), so slow phases of a shared CPU hit all arms alike; the summary
+gives the median of the repeats. With `--output FILE`, everything is written as JSON.
+"""
+
+import argparse
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+
+from bt_peft import load_for_scoring, score
+from bt_peft.data import load_preference_file
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_MODEL = "outputs/demo-smollm2/merged"
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "hh-rlhf-harmless-base" / "dev.jsonl"
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    """The `fraction` quantile of `values` (nearest rank)."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process `pid` so far, all threads (Linux `/proc/<pid>/stat`)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def summary(name: str, seconds: float, cpu: float, latencies: list[float]) -> dict:
+    return {"arm": name, "texts_per_s": len(latencies) / seconds, "texts_per_cpu_s": len(latencies) / cpu,
+            "p50_ms": 1000 * percentile(latencies, 0.5), "p99_ms": 1000 * percentile(latencies, 0.99),
+            "seconds": seconds, "cpu_seconds": cpu}
+
+
+def one_at_a_time(model, tokenizer, texts: list[str], max_length: int) -> tuple[dict, list[float]]:
+    """Score each text alone, one call after another, in this process."""
+    rewards, latencies = [], []
+    start, cpu_start = time.perf_counter(), cpu_seconds(os.getpid())
+    for text in texts:
+        began = time.perf_counter()
+        rewards.append(score(model, tokenizer, [text], max_length=max_length).item())
+        latencies.append(time.perf_counter() - began)
+    return summary("one-at-a-time", time.perf_counter() - start, cpu_seconds(os.getpid()) - cpu_start, latencies), rewards
+
+
+def post(url: str, texts: list[str]) -> list[float]:
+    request = urllib.request.Request(url + "/get_reward", data=json.dumps({"query": texts}).encode(), method="POST")
+    with urllib.request.urlopen(request, timeout=600) as response:
+        return json.loads(response.read())["rewards"]
+
+
+def served(url: str, server_pid: int, texts: list[str], clients: int) -> tuple[dict, list[float]]:
+    """`clients` threads post one text per request until every text is scored."""
+    rewards: list[float] = [0.0] * len(texts)
+    latencies: list[float] = [0.0] * len(texts)
+
+    def client(offset: int) -> None:
+        for index in range(offset, len(texts), clients):
+            began = time.perf_counter()
+            rewards[index] = post(url, [texts[index]])[0]
+            latencies[index] = time.perf_counter() - began
+
+    start, cpu_start = time.perf_counter(), cpu_seconds(server_pid)
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(client, range(clients)))
+    wall, cpu = time.perf_counter() - start, cpu_seconds(server_pid) - cpu_start
+    return summary(f"serve, {clients} clients", wall, cpu, latencies), rewards
+
+
+def start_server(model: str, max_length: int, dtype: str, token_budget: int, max_wait_ms: float) -> tuple[subprocess.Popen, str]:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "bt_peft.cli", "serve", model, "--port", str(port), "--truncate", "--max_length",
+               str(max_length), "--dtype", dtype, "--token_budget", str(token_budget), "--max_wait_ms", str(max_wait_ms),
+               "--log_level", "warning"]
+    process = subprocess.Popen(command, cwd=ROOT, env=os.environ | {"PYTHONPATH": str(ROOT)})
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"bt-peft serve exited with status {process.returncode}")
+        try:
+            urllib.request.urlopen(url + "/health", timeout=5).read()
+            return process, url
+        except OSError:
+            time.sleep(0.5)
+    process.terminate()
+    raise SystemExit("bt-peft serve did not answer /health within 300 s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("model", nargs="?", default=DEFAULT_MODEL, help=f"reward model directory (default {DEFAULT_MODEL})")
+    parser.add_argument("--data", default=str(DEFAULT_DATA), help="preference pairs (.jsonl); the chosen texts are scored")
+    parser.add_argument("--texts", type=int, default=128, help="number of texts")
+    parser.add_argument("--max-length", type=int, default=256, help="tokens per text (cut from the left)")
+    parser.add_argument("--clients", default="1,8,64", help="concurrent clients of each serve arm")
+    parser.add_argument("--repeats", type=int, default=2, help="rounds of all arms, interleaved")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--token-budget", type=int, default=8192, help="the server's --token_budget")
+    parser.add_argument("--max-wait-ms", type=float, default=5.0, help="the server's --max_wait_ms")
+    parser.add_argument("--output", help="write the results as JSON")
+    args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(1))  # stop the server on the way out
+
+    model_dir = str(ROOT / args.model) if not Path(args.model).is_absolute() else args.model
+    rows = load_preference_file(args.data)
+    texts = [row["chosen"] for row in rows.select(range(min(args.texts, len(rows))))]
+    model, tokenizer = load_for_scoring(model_dir, compute_dtype=getattr(torch, args.dtype), device_map={"": "cpu"})
+    lengths = [len(ids) for ids in tokenizer(texts)["input_ids"]]
+    print(f"{len(texts)} texts, {min(lengths)}-{max(lengths)} tokens (median {statistics.median(lengths):.0f}) before "
+          f"cutting to {args.max_length}; torch threads {torch.get_num_threads()}, {os.cpu_count()} CPUs", flush=True)
+    process, url = start_server(model_dir, args.max_length, args.dtype, args.token_budget, args.max_wait_ms)
+    clients = [int(count) for count in args.clients.split(",")]
+    results = []
+    try:
+        score(model, tokenizer, texts[:4], max_length=args.max_length)  # warm-up, both sides
+        post(url, texts[:4])
+        for repeat in range(args.repeats):
+            baseline, expected = one_at_a_time(model, tokenizer, texts, args.max_length)
+            arms = [baseline]
+            for count in clients:
+                arm, rewards = served(url, process.pid, texts, count)
+                arm["max_abs_reward_diff"] = max(abs(a - b) for a, b in zip(rewards, expected))
+                arms.append(arm)
+            for arm in arms:
+                arm |= {"repeat": repeat, "speedup": arm["texts_per_s"] / baseline["texts_per_s"],
+                        "cpu_speedup": arm["texts_per_cpu_s"] / baseline["texts_per_cpu_s"]}
+                difference = f"  max |served - score| {arm['max_abs_reward_diff']:.1e}" if "max_abs_reward_diff" in arm else ""
+                print(f"repeat {repeat}  {arm['arm']:<18} {arm['texts_per_s']:7.2f} texts/s (x{arm['speedup']:.2f})  "
+                      f"p50 {arm['p50_ms']:8.1f} ms  p99 {arm['p99_ms']:8.1f} ms  {arm['texts_per_cpu_s']:6.2f} texts/CPU-s "
+                      f"(x{arm['cpu_speedup']:.2f}){difference}", flush=True)
+            results += arms
+    finally:
+        process.terminate()
+        process.wait(timeout=120)
+    print("\nmedian over repeats:")
+    for name in dict.fromkeys(arm["arm"] for arm in results):
+        arms = [arm for arm in results if arm["arm"] == name]
+        keys = ("texts_per_s", "speedup", "p50_ms", "p99_ms", "texts_per_cpu_s", "cpu_speedup")
+        median = {key: statistics.median(arm[key] for arm in arms) for key in keys}
+        print(f"  {name:<18} {median['texts_per_s']:7.2f} texts/s (x{median['speedup']:.2f})  p50 {median['p50_ms']:8.1f} ms  "
+              f"p99 {median['p99_ms']:8.1f} ms  {median['texts_per_cpu_s']:6.2f} texts/CPU-s (x{median['cpu_speedup']:.2f})")
+    if args.output:
+        Path(args.output).write_text(json.dumps({"args": vars(args), "results": results}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

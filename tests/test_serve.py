@@ -1,0 +1,322 @@
+"""`bt-peft serve`: real server processes on localhost (`python -m bt_peft.cli serve`) on tiny saved checkpoints, a real
+HTTP client (urllib), rewards compared with `bt_peft.score` in this process."""
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification
+
+from bt_peft import AutoModelForBradleyTerry, load_for_scoring, score
+from bt_peft.data import encode, fit_to_length
+from bt_peft.serving.batching import plan_batches
+from bt_peft.tokenizer import choose_pad_token
+from conftest import CORPUS, build_tokenizer, tiny_llama_config
+
+ROOT = Path(__file__).resolve().parents[1]
+WORDS = " ".join(CORPUS).split()
+CONVERSATION = [{"role": "user", "content": "can you help me?"}, {"role": "assistant", "content": "Sure, happy to help."}]
+
+
+def text_of(index: int, words: int) -> str:
+    """A distinct text of about `words` words (plus the index, so no two texts are the same)."""
+    return f"Human: question {index}? Assistant: " + " ".join(WORDS[(index + k) % len(WORDS)] for k in range(words))
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory) -> dict[str, Path]:
+    """A tiny 2-label reward checkpoint with a random (non-zero) head, and its 1-label scalar form (head = row 1)."""
+    root = tmp_path_factory.mktemp("serve")
+    tokenizer = build_tokenizer()
+    tokenizer.pad_token = choose_pad_token(tokenizer)
+    torch.manual_seed(0)
+    model = AutoModelForBradleyTerry.from_config(tiny_llama_config(len(tokenizer), pad_token_id=tokenizer.pad_token_id))
+    torch.nn.init.normal_(model.score.weight, std=0.5)
+    model.save_pretrained(root / "merged")
+    tokenizer.save_pretrained(root / "merged")
+    scalar = AutoModelForSequenceClassification.from_config(tiny_llama_config(len(tokenizer), pad_token_id=tokenizer.pad_token_id, num_labels=1))
+    state = model.state_dict()
+    state["score.weight"] = state["score.weight"][1:]
+    scalar.load_state_dict(state)
+    scalar.save_pretrained(root / "scalar")
+    tokenizer.save_pretrained(root / "scalar")
+    return {"merged": root / "merged", "scalar": root / "scalar"}
+
+
+@pytest.fixture(scope="module")
+def reference(checkpoints):
+    """The merged checkpoint loaded in this process as `bt_peft.score` users load it."""
+    return load_for_scoring(checkpoints["merged"])
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class Server:
+    """A `bt-peft serve` process and a small HTTP client for it."""
+
+    def __init__(self, model: Path, flags: list[str], log: Path, env: dict | None = None):
+        self.url = f"http://127.0.0.1:{free_port()}"
+        self.log = log
+        command = [sys.executable, "-m", "bt_peft.cli", "serve", str(model), "--port", self.url.rsplit(":", 1)[1], *flags]
+        with open(log, "wb") as output:
+            self.process = subprocess.Popen(command, cwd=ROOT, stdout=output, stderr=subprocess.STDOUT,
+                                            env=os.environ | (env or {}))
+
+    def request(self, method: str, path: str, body=None, headers: dict | None = None, timeout: float = 60) -> tuple[int, dict]:
+        """(status, JSON body) of one request; `body` is sent as is when bytes, as JSON otherwise."""
+        data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
+        request = urllib.request.Request(self.url + path, data=data, method=method, headers=headers or {})
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read())
+
+    def rewards(self, texts: list, form: str = "query", headers: dict | None = None) -> list[float]:
+        status, answer = self.request("POST", "/get_reward", {form: texts}, headers)
+        assert status == 200, answer
+        return answer["rewards"]
+
+    def wait_ready(self, headers: dict | None = None, timeout: float = 180) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, f"the server exited: {self.log.read_text()[-3000:]}"
+            with contextlib.suppress(OSError):
+                if self.request("GET", "/health", headers=headers, timeout=5)[0] == 200:
+                    return
+            time.sleep(0.2)
+        raise AssertionError(f"the server did not answer /health in {timeout} s: {self.log.read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=60)
+
+
+API_KEY = "test-key-0123"
+KEY_HEADER = {"Authorization": f"Bearer {API_KEY}"}
+
+
+@pytest.fixture(scope="module")
+def fleet(checkpoints, tmp_path_factory):
+    """Every server of this file, started at once so that their start-ups (mostly imports) overlap:
+    - main: the merged checkpoint with small request limits;
+    - strict: an API key from the environment and a queue of 4 texts, each waiting up to 1.5 s for a batch;
+    - scalar: the 1-label checkpoint, long texts cut to 32 tokens;
+    - sigterm: the merged checkpoint, texts waiting up to 1.5 s (stopped by its test)."""
+    logs = tmp_path_factory.mktemp("logs")
+    merged, scalar = checkpoints["merged"], checkpoints["scalar"]
+    servers = {
+        "main": Server(merged, ["--max_length", "128", "--max_texts", "8", "--max_body_bytes", "4096", "--max_wait_ms", "20"],
+                       logs / "main.log"),
+        "strict": Server(merged, ["--max_queue", "4", "--max_texts", "4", "--max_wait_ms", "1500"], logs / "strict.log",
+                         env={"BT_PEFT_API_KEY": API_KEY}),
+        "scalar": Server(scalar, ["--truncate", "--max_length", "32"], logs / "scalar.log"),
+        "sigterm": Server(merged, ["--max_wait_ms", "1500"], logs / "sigterm.log"),
+    }
+    try:
+        yield servers
+    finally:
+        for server in servers.values():
+            if server.process.poll() is None:
+                server.process.terminate()
+        for server in servers.values():
+            server.stop()
+
+
+@pytest.fixture
+def server(fleet):
+    fleet["main"].wait_ready()
+    return fleet["main"]
+
+
+@pytest.fixture
+def strict_server(fleet):
+    fleet["strict"].wait_ready(KEY_HEADER)
+    return fleet["strict"]
+
+
+def test_plan_batches_sorts_by_length_within_the_token_budget():
+    lengths = [30, 5, 12, 5, 40, 100]
+    batches = plan_batches(lengths, token_budget=64)
+    assert sorted(index for batch in batches for index in batch) == list(range(len(lengths)))
+    assert [lengths[index] for batch in batches for index in batch] == sorted(lengths)
+    assert all(len(batch) * max(lengths[i] for i in batch) <= 64 for batch in batches if len(batch) > 1)
+    assert batches == [[1, 3, 2], [0], [4], [5]]  # 100 > the budget: alone
+
+
+def test_micro_batcher_batches_concurrent_requests_by_length_and_bounds_its_queue():
+    import asyncio
+
+    from bt_peft.serving.batching import MicroBatcher, QueueFullError, Unavailable
+
+    batches = []
+
+    def score_batch(sequences):  # reward = the sequence's first id, so each answer shows whose it is
+        batches.append([len(ids) for ids in sequences])
+        return [float(ids[0]) for ids in sequences]
+
+    async def scenario():
+        batcher = MicroBatcher(score_batch, token_budget=12, max_wait_s=0.05, max_queue=6)
+        batcher.start()
+        requests = [[[1] * 4, [2] * 1], [[3] * 2], [[4] * 6, [5] * 1, [6] * 3]]
+        answers = await asyncio.gather(*(batcher.submit(request) for request in requests))
+        first = asyncio.ensure_future(batcher.submit([[7]] * 6))
+        await asyncio.sleep(0)  # queued: the queue is full
+        with pytest.raises(QueueFullError):
+            await batcher.submit([[8]])
+        answers.append(await first)
+        await batcher.stop()
+        with pytest.raises(Unavailable):
+            await batcher.submit([[9]])
+        return answers
+
+    answers = asyncio.run(scenario())
+    assert answers == [[1.0, 2.0], [3.0], [4.0, 5.0, 6.0], [7.0] * 6]
+    assert batches[:2] == [[1, 1, 2, 3], [4, 6]]  # one round of 3 requests, by length, <= 12 padded tokens a batch
+    assert batches[2:] == [[1] * 6]
+
+
+def test_rewards_equal_score_for_texts_and_conversations(server, reference):
+    model, tokenizer = reference
+    texts = [text_of(0, 3), text_of(1, 20), "Human: hi"]
+    assert server.rewards(texts) == pytest.approx(score(model, tokenizer, texts).tolist(), abs=1e-5)
+    conversations = [CONVERSATION, CONVERSATION[:1]]
+    assert server.rewards(conversations, "messages") == pytest.approx(score(model, tokenizer, conversations).tolist(), abs=1e-5)
+    assert server.request("GET", "/health") == (200, {"status": "ok", "waiting": 0})
+
+
+def test_64_concurrent_clients_each_get_their_own_rewards(server, reference):
+    model, tokenizer = reference
+    requests = [[text_of(64 * k + client, 1 + (7 * client + 5 * k) % 45) for k in range(1 + client % 3)] for client in range(64)]
+    expected = score(model, tokenizer, [text for texts in requests for text in texts]).tolist()
+    barrier = threading.Barrier(64)
+
+    def client(texts: list[str]) -> list[float]:
+        barrier.wait()
+        return server.rewards(texts)
+
+    with ThreadPoolExecutor(64) as pool:
+        answers = list(pool.map(client, requests))
+    served = [reward for rewards in answers for reward in rewards]
+    assert [len(rewards) for rewards in answers] == [len(texts) for texts in requests]
+    assert served == pytest.approx(expected, abs=1e-5)
+    assert len(set(expected)) == len(expected)  # distinct rewards: a mixed-up answer could not pass
+
+
+@pytest.mark.parametrize(("body", "status", "field"), [
+    (b'{"query": ["unclosed', 400, "body"),
+    (b'["a list"]', 400, "body"),
+    ({}, 400, "query"),
+    ({"query": "a string, not a list"}, 400, "query"),
+    ({"query": []}, 400, "query"),
+    ({"query": ["fine", 7]}, 400, "query[1]"),
+    ({"query": ["fine", ""]}, 400, "query[1]"),
+    ({"messages": [[{"role": "user", "content": "hi"}], [{"role": "robot", "content": "hi"}]]}, 400, "messages[1][0].role"),
+    ({"messages": [[]]}, 400, "messages[0]"),
+    ({"query": ["a"] * 9}, 413, "query"),
+    ({"query": ["short", text_of(0, 200)]}, 413, "query[1]"),
+    ({"query": ["x" * 5000]}, 413, "body"),
+])
+def test_bad_requests_get_a_json_error_naming_the_field_and_the_server_keeps_serving(server, body, status, field):
+    code, answer = server.request("POST", "/get_reward", body)
+    assert (code, answer["field"]) == (status, field), answer
+    assert answer["error"].startswith(f"{field}: ")
+    assert len(server.rewards(["Human: still there? Assistant: yes"])) == 1
+
+
+def test_unknown_routes_and_methods_are_json_errors(server):
+    assert server.request("GET", "/nope")[0] == 404
+    assert server.request("GET", "/get_reward") == (405, {"error": "Method Not Allowed", "field": None})
+
+
+def test_the_api_key_is_required_on_every_request(strict_server):
+    good = KEY_HEADER
+    for headers in ({}, {"Authorization": "Bearer wrong-key"}, {"Authorization": API_KEY}):
+        for method, path, body in (("GET", "/health", None), ("POST", "/get_reward", {"query": ["hi"]})):
+            code, answer = strict_server.request(method, path, body, headers)
+            assert (code, answer["field"]) == (401, "Authorization"), (headers, path)
+    assert strict_server.request("GET", "/health", headers=good)[0] == 200
+    assert len(strict_server.rewards(["Human: hi"], headers=good)) == 1
+
+
+def test_a_full_queue_answers_503_at_once_and_recovers(strict_server, reference):
+    good = KEY_HEADER
+    texts = [text_of(k, 4) for k in range(4)]
+    with ThreadPoolExecutor(1) as pool:
+        first = pool.submit(strict_server.rewards, texts, "query", good)  # fills the queue for ~1.5 s
+        deadline = time.monotonic() + 30
+        while strict_server.request("GET", "/health", headers=good)[1]["waiting"] < 4:
+            assert time.monotonic() < deadline and not first.done()
+            time.sleep(0.02)
+        started = time.monotonic()
+        code, answer = strict_server.request("POST", "/get_reward", {"query": ["Human: one more"]}, good)
+        assert (code, answer["field"]) == (503, None) and "retry later" in answer["error"]
+        assert time.monotonic() - started < 1.0  # refused, not queued behind the batch
+        assert first.result(timeout=60) == pytest.approx(score(*reference, texts).tolist(), abs=1e-5)
+    assert len(strict_server.rewards(["Human: one more"], headers=good)) == 1
+
+
+def test_a_scalar_checkpoint_is_served_as_its_logit_0_and_long_texts_are_cut_like_training(checkpoints, fleet):
+    path = checkpoints["scalar"]
+    plain = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32).eval()
+    tokenizer = load_for_scoring(checkpoints["merged"])[1]
+    texts = [text_of(3, 2), text_of(4, 60), text_of(5, 120)]
+    special_prefix = encode(tokenizer, "")
+    with torch.no_grad():
+        expected = [plain(input_ids=torch.tensor([fit_to_length(encode(tokenizer, text), 32, special_prefix)])).logits[0, 0].item()
+                    for text in texts]
+    served = fleet["scalar"]
+    served.wait_ready()
+    assert served.rewards(texts) == pytest.approx(expected, abs=1e-5)
+    assert len(set(expected)) == 3
+
+
+def test_sigterm_lets_requests_in_flight_finish_then_exits_0(fleet, reference):
+    texts = [[text_of(100 + k, 5 + k)] for k in range(3)]
+    served = fleet["sigterm"]
+    served.wait_ready()
+    with ThreadPoolExecutor(3) as pool:
+        answers = [pool.submit(served.rewards, request) for request in texts]
+        deadline = time.monotonic() + 30
+        while served.request("GET", "/health")[1]["waiting"] < 3:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        served.process.send_signal(signal.SIGTERM)
+        rewards = [answer.result(timeout=60) for answer in answers]
+    assert served.process.wait(timeout=60) == 0, served.log.read_text()[-3000:]
+    assert [reward for rewards_ in rewards for reward in rewards_] == pytest.approx(
+        score(*reference, [text for request in texts for text in request]).tolist(), abs=1e-5)
+
+
+@pytest.mark.parametrize("form", ["merged", "scalar"])
+def test_load_in_4bit_quantizes_the_body_and_keeps_the_reward_head(checkpoints, reference, form):
+    import bitsandbytes as bnb
+
+    from bt_peft.serving.model import load_served_model
+
+    model, tokenizer = load_served_model(str(checkpoints[form]), load_in_4bit=True, device="cpu")
+    assert sum(isinstance(module, bnb.nn.Linear4bit) for module in model.modules()) == 14  # 2 layers x 7 projections
+    assert type(model.score) is torch.nn.Linear and model.score.weight.dtype == torch.float32
+    assert model.score.weight[1].tolist() == pytest.approx(reference[0].score.weight[1].tolist())
+    if form == "scalar":  # the 1-label head became row 1; row 0 is zeros
+        assert not model.score.weight[0].any()
+    texts = [text_of(7, 5), text_of(8, 30)]
+    quantized, exact = score(model, tokenizer, texts), score(*reference, texts)
+    assert torch.allclose(quantized, exact, atol=0.2 * exact.abs().max().item()) and not torch.equal(quantized, exact)
