@@ -63,6 +63,33 @@ def head_name(config: PretrainedConfig) -> str:
         return head_of(AutoModelForSequenceClassification.from_config(config))
 
 
+def head_output_layer(model: torch.nn.Module) -> tuple[str, torch.nn.Linear]:
+    """The layer of the classification head whose rows are the logits, and its name in the model's state dict.
+
+    Returns:
+        (`name`, `layer`): `("score", model.score)` for decoders; for an encoder head with several layers (RoBERTa's
+        `classifier.dense` then `classifier.out_proj`), the last `nn.Linear`, e.g. `"classifier.out_proj"`. Row `i`
+        of its weight (and bias) gives logit `i`.
+    """
+    head = head_of(model)
+    linears = [(name, module) for name, module in getattr(model, head).named_modules() if isinstance(module, torch.nn.Linear)]
+    if not linears:
+        raise ValueError(f"the head {head!r} of {type(model).__name__} has no linear layer")
+    name, layer = linears[-1]
+    return (f"{head}.{name}" if name else head), layer
+
+
+@torch.no_grad()
+def zero_unused_logit(model: torch.nn.Module) -> None:
+    """Set row 0 of the head's output layer (weight and bias) to zero, in place: logit 0 is then exactly 0 for every
+    input, so softmax over both logits is `sigmoid(reward)` and `logits.tolist()` compares by the reward. Logit 1
+    (the reward) is unchanged."""
+    _, layer = head_output_layer(model)
+    for parameter in (layer.weight, layer.bias):
+        if parameter is not None:
+            parameter[0].zero_()
+
+
 @torch.no_grad()
 def zero_head(model: PreTrainedModel) -> None:
     """Set every weight (and bias) of the classification head to zero, in place.
