@@ -269,7 +269,8 @@ class AutoModelForBradleyTerry(AutoModelForSequenceClassification):
             - a 2-label reward checkpoint: loaded as it is;
             - an adapter directory: its base (`base_model_name_or_path`) loaded by these rules with `**kwargs`,
               then the adapter and its head (`PeftModel`, like peft's `AutoPeftModel*`), and
-              `config.pad_token_id` set to the pad id of the tokenizer saved with the adapter.
+              `config.pad_token_id` set to the pad id of the tokenizer saved with the adapter (the base's tokenizer
+              with bt-peft's pad rule, `choose_pad_token`, when the adapter has none).
 
             With `output_loading_info=True`, `(model, loading_info)` as transformers returns it (of the base, for an
             adapter). `trust_remote_code` is False unless passed: a checkpoint that needs custom code raises
@@ -317,7 +318,9 @@ class AutoModelForBradleyTerry(AutoModelForSequenceClassification):
         base = PeftConfig.from_pretrained(adapter_dir).base_model_name_or_path
         model, info = cls.from_pretrained(base, *model_args, allow_pickle=allow_pickle, output_loading_info=True, **kwargs)
         model = load_adapter(model, adapter_dir, allow_pickle)
-        model.config.pad_token_id = load_tokenizer(adapter_dir, eos_ids=eos_ids_of(model.config)).pad_token_id
+        saved_tokenizer = (Path(adapter_dir) / "tokenizer_config.json").is_file()  # trainer.save_model writes one
+        tokenizer = load_tokenizer(adapter_dir if saved_tokenizer else base, eos_ids=eos_ids_of(model.config))
+        model.config.pad_token_id = tokenizer.pad_token_id
         return (model, info) if return_info else model
 
     @classmethod
