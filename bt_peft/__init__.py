@@ -23,6 +23,7 @@ _PUBLIC = {
     "bradley_terry_loss": "loss",
     "bt_reward": "reward",
     "evaluate_pairs": "evaluation.metrics",
+    "export_reward_model": "export.reward_export",
     "load_for_scoring": "evaluation.loading",
     "load_preference_file": "data",
     "load_qlora_model": "training.qlora",
@@ -62,6 +63,7 @@ if TYPE_CHECKING:  # what static tools and IDEs see; at run time the names come 
     from .evaluation.scoring import score, score_ids
     from .export.merge import merge_and_save
     from .export.model_card import push_to_hub, write_model_card
+    from .export.reward_export import export_reward_model
     from .loss import bradley_terry_loss
     from .modeling import AutoModelForBradleyTerry
     from .quantization import load_reward_model

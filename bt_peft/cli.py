@@ -68,6 +68,21 @@ class MergeOptions:
 
 
 @dataclass
+class ExportOptions:
+    """Options of `bt-peft export MODEL OUTPUT`."""
+
+    format: str = field(default="scalar", metadata={"help": "scalar: 1 label, logits[:, 0] is the reward (TRL GRPO/RLOO, OpenRLHF, vLLM, TEI); halos: 2 labels, logits[:, 1]", "choices": ["scalar", "halos"]})
+    normalize_on: str | None = field(default=None, metadata={"help": "data (as bt-peft eval takes it): write OpenRLHF's reward mean/std over its chosen and rejected texts into config.json"})
+    split: str = field(default="dev", metadata={"help": "split of a --normalize_on data directory, bt_peft:demo or Hub dataset"})
+    max_samples: int | None = field(default=None, metadata={"help": "use the first N pairs of --normalize_on"})
+    max_length: int | None = field(default=None, metadata={"help": "cut longer --normalize_on pairs from the left, as in training"})
+    batch_size: int = field(default=16, metadata={"help": "sequences per forward (--normalize_on)"})
+    dtype: Dtype = field(default="bfloat16", metadata={"help": "merge dtype of an adapter directory, and the scoring dtype of --normalize_on"})
+    from_4bit: bool = field(default=False, metadata={"help": "adapter directory: exact merge route (NF4-dequantized base)"})
+    overwrite: bool = field(default=False, metadata={"help": "replace a non-empty OUTPUT directory"})
+
+
+@dataclass
 class PlanOptions:
     """Options of `bt-peft plan CONFIG`."""
 
@@ -223,6 +238,31 @@ def run_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_export(args: argparse.Namespace) -> int:
+    import torch
+
+    from .evaluation.metrics import evaluate_pairs, reward_statistics
+    from .export.reward_export import export_reward_model
+
+    options = _options(ExportOptions, args)
+    dtype = getattr(torch, options.dtype)
+    normalization = None
+    if options.normalize_on:
+        dataset = load_eval_data(options.normalize_on, options.split, options.max_samples)
+
+        def normalization(checkpoint: Path) -> tuple[float, float]:
+            results = evaluate_pairs(checkpoint, None, dataset, max_length=options.max_length,
+                                     batch_size=options.batch_size, dtype=dtype)
+            mean, std = reward_statistics(results)
+            print(f"reward mean {mean:.6g}, std {std:.6g} over {2 * results['n_pairs']} texts of {options.normalize_on}")
+            return mean, std
+
+    output = export_reward_model(args.model, args.output, options.format, options.overwrite,
+                                 normalization=normalization, dtype=dtype, from_4bit=options.from_4bit)
+    print(f"exported {args.model} to {output} ({options.format})")
+    return 0
+
+
 def run_plan(args: argparse.Namespace) -> int:
     from .training.planning import plan_memory
 
@@ -262,7 +302,7 @@ def run_serve(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The `bt-peft` parser: one subparser per command, each an `HfArgumentParser` over its options dataclass."""
     parser = argparse.ArgumentParser(
-        prog="bt-peft", description="Bradley-Terry reward models with QLoRA: train, evaluate, score, merge, plan, serve."
+        prog="bt-peft", description="Bradley-Terry reward models with QLoRA: train, evaluate, score, merge, export, plan, serve."
     )
     commands = parser.add_subparsers(title="commands", dest="command", required=True, parser_class=HfArgumentParser)
 
@@ -306,6 +346,19 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("adapter", help="adapter directory written by trainer.save_model")
     merge.add_argument("output", help="directory of the merged checkpoint")
     merge.set_defaults(run=run_merge)
+
+    export = commands.add_parser(
+        "export",
+        dataclass_types=ExportOptions,
+        help="a single-score checkpoint for TRL GRPO/RLOO, OpenRLHF, vLLM, TEI (or the 2-label HALOs form)",
+        description="Export a merged checkpoint or an adapter directory (merged on the way) as a 1-label checkpoint "
+        "whose logits[:, 0] is the reward (problem_type regression, OpenRLHF's value_head_prefix and, with "
+        "--normalize_on, its reward mean/std), or --format halos: the 2-label form with logit 0 zero. Written shard "
+        "by shard, atomically, with tokenizer and model card.",
+    )
+    export.add_argument("model", help="merged checkpoint (2 labels) or adapter directory")
+    export.add_argument("output", help="directory of the exported checkpoint")
+    export.set_defaults(run=run_export)
 
     plan = commands.add_parser(
         "plan",

@@ -1,14 +1,18 @@
 """`AutoModelForBradleyTerry`: a sequence-classification model whose head always has 2 labels."""
 
+import functools
+import inspect
 import logging
 import os
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, PretrainedConfig, PreTrainedModel
 
-from .safe_loading import safe_pretrained_kwargs
+from .safe_loading import load_adapter, safe_pretrained_kwargs
+from .tokenizer import eos_ids_of, load_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +67,80 @@ def head_name(config: PretrainedConfig) -> str:
         return head_of(AutoModelForSequenceClassification.from_config(config))
 
 
+def head_output_layer(model: torch.nn.Module) -> tuple[str, torch.nn.Linear]:
+    """The layer of the classification head whose rows are the logits, and its name in the model's state dict.
+
+    Returns:
+        (`name`, `layer`): `("score", model.score)` for decoders; for an encoder head with several layers (RoBERTa's
+        `classifier.dense` then `classifier.out_proj`), the last `nn.Linear`, e.g. `"classifier.out_proj"`. Row `i`
+        of its weight (and bias) gives logit `i`.
+    """
+    head = head_of(model)
+    linears = [(name, module) for name, module in getattr(model, head).named_modules() if isinstance(module, torch.nn.Linear)]
+    if not linears:
+        raise ValueError(f"the head {head!r} of {type(model).__name__} has no linear layer")
+    name, layer = linears[-1]
+    return (f"{head}.{name}" if name else head), layer
+
+
+@torch.no_grad()
+def zero_unused_logit(model: torch.nn.Module) -> None:
+    """Set row 0 of the head's output layer (weight and bias) to zero, in place: logit 0 is then exactly 0 for every
+    input, so softmax over both logits is `sigmoid(reward)` and `logits.tolist()` compares by the reward. Logit 1
+    (the reward) is unchanged."""
+    _, layer = head_output_layer(model)
+    for parameter in (layer.weight, layer.bias):
+        if parameter is not None:
+            parameter[0].zero_()
+
+
+@torch.no_grad()
+def widen_single_score_head(model: PreTrainedModel) -> None:
+    """Turn a 1-label reward head (TRL's `RewardTrainer`, OpenRLHF) into the 2-label Bradley-Terry head, in place.
+
+    The output layer `(1, hidden)` becomes `(2, hidden)` (same dtype and device): row 1 is the old row, so
+    `logits[:, 1]` is the model's reward exactly, and row 0 is zero. `config.num_labels` becomes 2 (the caller
+    sets the labels with `configure_bradley_terry`). Raises `ValueError` for a quantized or multi-output head.
+    """
+    name, layer = head_output_layer(model)
+    if type(layer) is not torch.nn.Linear or layer.out_features != 1:
+        raise ValueError(f"cannot import the head {name} ({type(layer).__name__}, {layer.out_features} outputs): "
+                         "expected a plain nn.Linear with 1 output")
+    wide = torch.nn.Linear(layer.in_features, 2, bias=layer.bias is not None, device=layer.weight.device, dtype=layer.weight.dtype)
+    for target, source in ((wide.weight, layer.weight), (wide.bias, layer.bias)):
+        if source is not None:
+            target.zero_()
+            target[1] = source[0]
+    parent, _, attribute = name.rpartition(".")
+    setattr(model.get_submodule(parent), attribute, wide)
+    model.config.num_labels = 2
+    if hasattr(model, "num_labels"):
+        model.num_labels = 2
+
+
+def check_pad_positions(config: PretrainedConfig, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None) -> None:
+    """Refuse a padded batch whose padding is not `config.pad_token_id`.
+
+    Transformers' sequence-classification pooling reads the rightmost token that is not `config.pad_token_id`; a
+    batch padded with another token (e.g. an adapter's tokenizer pads with `<|endoftext|>` while the base config
+    says eos) would be scored at a padding position on right padding. Only 2-D attention masks are checked (the
+    packed training batches carry a 4-D mask).
+
+    Raises:
+        `ValueError` naming both ids when a position with `attention_mask == 0` holds another id than the pad id.
+    """
+    pad = config.get_text_config().pad_token_id
+    if input_ids is None or attention_mask is None or pad is None or attention_mask.shape != input_ids.shape:
+        return
+    wrong = (attention_mask == 0) & (input_ids != pad)
+    if wrong.any():
+        raise ValueError(
+            f"the batch is padded with token id {input_ids[wrong][0].item()} but model.config.pad_token_id is {pad}: "
+            "the reward would be read at a padding position. Set model.config.pad_token_id = tokenizer.pad_token_id "
+            "(or load an adapter directory with AutoModelForBradleyTerry.from_pretrained(adapter_dir), which does)"
+        )
+
+
 @torch.no_grad()
 def zero_head(model: PreTrainedModel) -> None:
     """Set every weight (and bias) of the classification head to zero, in place.
@@ -115,8 +193,22 @@ def _bradley_terry_class(cls: type) -> type:
     (what `config.architectures` records) and is reachable by pickle as `bt_peft.modeling.BradleyTerry_<name>`."""
     qualname = _CLASS_PREFIX + cls.__name__
     if qualname not in globals():
-        globals()[qualname] = type(cls.__name__, (BradleyTerrySaveMixin, cls), {"__module__": __name__, "__qualname__": qualname})
+        namespace = {"__module__": __name__, "__qualname__": qualname, "forward": _checked_forward(cls.forward)}
+        globals()[qualname] = type(cls.__name__, (BradleyTerrySaveMixin, cls), namespace)
     return globals()[qualname]
+
+
+def _checked_forward(forward: Callable) -> Callable:
+    """The architecture's `forward` with `check_pad_positions` first; same signature (tools inspect it)."""
+    signature = inspect.signature(forward)
+
+    @functools.wraps(forward)
+    def checked(self, *args: Any, **kwargs: Any) -> Any:
+        arguments = signature.bind_partial(self, *args, **kwargs).arguments
+        check_pad_positions(self.config, arguments.get("input_ids"), arguments.get("attention_mask"))
+        return forward(self, *args, **kwargs)
+
+    return checked
 
 
 def __getattr__(name: str) -> type:
@@ -152,10 +244,11 @@ class AutoModelForBradleyTerry(AutoModelForSequenceClassification):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *model_args: Any, allow_pickle: bool = False,
                         **kwargs: Any) -> PreTrainedModel:
-        """Load a 2-label reward model from a causal-LM checkpoint (new head) or a trained reward checkpoint.
+        """Load a 2-label reward model from a causal-LM checkpoint (new head), a reward checkpoint, or an adapter.
 
         Args:
-            pretrained_model_name_or_path (`str`): Hub model id or local directory.
+            pretrained_model_name_or_path (`str`): Hub model id, local checkpoint directory, or a local adapter
+                directory (holding `adapter_config.json`, as `trainer.save_model` writes it).
             *model_args: passed on to the model's `__init__`.
             allow_pickle (`bool`): load pickle weights (`pytorch_model.bin`); off by default, such a checkpoint is
                 refused with a `PickleCheckpointError` (see `bt_peft.safe_loading`).
@@ -166,12 +259,25 @@ class AutoModelForBradleyTerry(AutoModelForSequenceClassification):
         Returns:
             `PreTrainedModel`: the concrete architecture (e.g. `LlamaForSequenceClassification`) with
             `config.num_labels == 2`, `config.pad_token_id` set (the eos id when it was unset), and the
-            Bradley-Terry `save_pretrained`. A checkpoint without a head (a causal LM) gets a new 2-label head set
-            to zero (`zero_head`); one whose head has another number of labels gets a new zero head, with a
-            warning. With `output_loading_info=True`, `(model, loading_info)` as transformers returns it.
-            `trust_remote_code` is False unless passed: a checkpoint that needs custom code raises transformers'
-            `ValueError` instead of running it.
+            Bradley-Terry `save_pretrained`; its `forward` refuses a batch padded with another id than
+            `config.pad_token_id` (`check_pad_positions`). By checkpoint:
+
+            - a causal LM (no head): a new 2-label head set to zero (`zero_head`);
+            - a 1-label reward model (`num_labels: 1`: TRL's `RewardTrainer`, a `bt-peft export --format scalar`):
+              its reward is kept, as row 1 of the head, row 0 zero (`widen_single_score_head`);
+            - a head with another number of labels: a new zero head, with a warning;
+            - a 2-label reward checkpoint: loaded as it is;
+            - an adapter directory: its base (`base_model_name_or_path`) loaded by these rules with `**kwargs`,
+              then the adapter and its head (`PeftModel`, like peft's `AutoPeftModel*`), and
+              `config.pad_token_id` set to the pad id of the tokenizer saved with the adapter (the base's tokenizer
+              with bt-peft's pad rule, `choose_pad_token`, when the adapter has none).
+
+            With `output_loading_info=True`, `(model, loading_info)` as transformers returns it (of the base, for an
+            adapter). `trust_remote_code` is False unless passed: a checkpoint that needs custom code raises
+            transformers' `ValueError` instead of running it.
         """
+        if (Path(pretrained_model_name_or_path) / "adapter_config.json").is_file():
+            return cls._from_adapter(pretrained_model_name_or_path, *model_args, allow_pickle=allow_pickle, **kwargs)
         kwargs = safe_pretrained_kwargs(pretrained_model_name_or_path, allow_pickle, kwargs)
         kwargs.pop("num_labels", None)
         config = kwargs.pop("config", None)
@@ -180,10 +286,15 @@ class AutoModelForBradleyTerry(AutoModelForSequenceClassification):
             config = AutoConfig.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
         else:
             config = config.__class__.from_dict(config.to_dict())
-        if config.num_labels != 2:
-            logger.warning("%s has a %d-label head; a new 2-label head is initialised", pretrained_model_name_or_path, config.num_labels)
-            kwargs["ignore_mismatched_sizes"] = True
-        configure_bradley_terry(config)
+        single_score = config.num_labels == 1
+        if single_score:
+            config.problem_type = None  # the export writes "regression"; the 2-label model is not one
+        else:
+            if config.num_labels != 2:
+                logger.warning("%s has a %d-label head; a new 2-label head is initialised", pretrained_model_name_or_path,
+                               config.num_labels)
+                kwargs["ignore_mismatched_sizes"] = True
+            configure_bradley_terry(config)
         return_info = kwargs.pop("output_loading_info", False)
         model, info = super().from_pretrained(
             pretrained_model_name_or_path, *model_args, config=config, output_loading_info=True, **kwargs
@@ -192,7 +303,24 @@ class AutoModelForBradleyTerry(AutoModelForSequenceClassification):
         new_weights = set(info["missing_keys"]) | {key for key, *_ in info["mismatched_keys"]}
         if any(key.split(".", 1)[0] == head for key in new_weights):
             zero_head(model)
+        if single_score:
+            widen_single_score_head(model)
         model = as_bradley_terry(model)
+        return (model, info) if return_info else model
+
+    @classmethod
+    def _from_adapter(cls, adapter_dir: str | os.PathLike, *model_args: Any, allow_pickle: bool = False, **kwargs: Any):
+        """Base + adapter + head of a local adapter directory, with the adapter tokenizer's pad id (see
+        `from_pretrained`)."""
+        from peft import PeftConfig
+
+        return_info = kwargs.pop("output_loading_info", False)
+        base = PeftConfig.from_pretrained(adapter_dir).base_model_name_or_path
+        model, info = cls.from_pretrained(base, *model_args, allow_pickle=allow_pickle, output_loading_info=True, **kwargs)
+        model = load_adapter(model, adapter_dir, allow_pickle)
+        saved_tokenizer = (Path(adapter_dir) / "tokenizer_config.json").is_file()  # trainer.save_model writes one
+        tokenizer = load_tokenizer(adapter_dir if saved_tokenizer else base, eos_ids=eos_ids_of(model.config))
+        model.config.pad_token_id = tokenizer.pad_token_id
         return (model, info) if return_info else model
 
     @classmethod

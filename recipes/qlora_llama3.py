@@ -9,7 +9,8 @@ Any field of the YAML can be overridden on the command line, e.g. `--learning_ra
 adapt the flow; it only uses bt-peft's public functions.
 
 Writes `<output_dir>/adapter` (adapter, head, tokenizer), `<output_dir>/merged` (a plain 2-label checkpoint with its
-model card) and `<output_dir>/summary.json`: eval accuracy/loss before and after training, train seconds, and the
+model card), with `--export_scalar` `<output_dir>/scalar` (the 1-label export of `bt-peft export`)
+and `<output_dir>/summary.json`: eval accuracy/loss before and after training, train seconds, and the
 rewards that the merged checkpoint, loaded with plain transformers, gives a few dev pairs next to the trained model's.
 """
 
@@ -23,7 +24,8 @@ import torch
 from transformers import TrainerState, set_seed
 from trl import ScriptArguments, TrlParser
 
-from bt_peft import BradleyTerryRewardConfig, BradleyTerryRewardTrainer, load_qlora_model, merge_and_save, write_model_card
+from bt_peft import (BradleyTerryRewardConfig, BradleyTerryRewardTrainer, export_reward_model, load_qlora_model, merge_and_save,
+                     write_model_card)
 from bt_peft.atomic import check_output_dir, write_json_atomically
 from bt_peft.data import load_split
 from bt_peft.embedded import resolve_model
@@ -47,6 +49,7 @@ class BradleyTerryScriptArguments(ScriptArguments):
     max_eval_samples: int | None = field(default=None, metadata={"help": "use the first N evaluation pairs"})
     merge_dtype: str = field(default="bfloat16", metadata={"help": "dtype of the merged checkpoint: bfloat16 or float32"})
     merge_from_4bit: bool = field(default=False, metadata={"help": "merge into the dequantized NF4 base (exact rewards)"})
+    export_scalar: bool = field(default=False, metadata={"help": "also write <output_dir>/scalar: the 1-label export (bt-peft export) for TRL GRPO/RLOO, OpenRLHF, vLLM"})
     num_score_examples: int = field(
         default=4, metadata={"help": "evaluation pairs scored with the merged checkpoint (0: no merge check)"}
     )
@@ -81,7 +84,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
                          "the model settings (model_name_or_path, dtype, attn_implementation, ...)")
     output = Path(training_args.output_dir)
     adapter_dir, merged_dir = output / "adapter", output / "merged"
-    for target in (adapter_dir, merged_dir):  # refuse before hours of training, not after
+    scalar_dir = output / "scalar" if script_args.export_scalar else None
+    for target in filter(None, (adapter_dir, merged_dir, scalar_dir)):  # refuse before hours of training, not after
         check_output_dir(target, script_args.overwrite_outputs)
     # `--resume_from_checkpoint true` resumes from the last complete checkpoint of output_dir, `--resume_from_checkpoint
     # PATH` from that checkpoint (as TRL's scripts do); a run killed in training has written neither adapter nor merge,
@@ -174,6 +178,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
                  "eval loss before training": before["eval_loss"], "eval loss after training": after["eval_loss"]},
         from_4bit=script_args.merge_from_4bit, repo_id=training_args.hub_model_id,
     )
+    if scalar_dir:
+        export_reward_model(merged_dir, scalar_dir, overwrite=script_args.overwrite_outputs)
     print(json.dumps({key: value for key, value in summary.items() if key != "script_args"}, indent=2))
     if check_error is not None:
         raise check_error

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from huggingface_hub import ModelCard
 
 from bt_peft import score
@@ -36,17 +37,18 @@ def run(tiny_llama_dir, tmp_path_factory) -> Path:
         "max_length: 64\nper_device_train_batch_size: 4\nmax_steps: 8\nlearning_rate: 5.0e-3\nreport_to: none\n"
         "save_strategy: 'no'\nlogging_steps: 1\nnum_score_examples: 2\n"
     )
-    bt_peft("train", "--config", config, "--max_steps", 2)
+    bt_peft("train", "--config", config, "--max_steps", 2, "--export_scalar", "true")
     return root
 
 
 def test_help_of_every_command():
-    assert "train,eval,score,merge,plan,serve" in bt_peft("--help").stdout
+    assert "train,eval,score,merge,export,plan,serve" in bt_peft("--help").stdout
     expected = {
         "train": "--config FILE.yaml",
         "eval": "--compare",
         "score": '"reward" added',
         "merge": "--from_4bit",
+        "export": "--normalize_on",
         "plan": "--gpu_gb",
         "serve": "--max_queue",
     }
@@ -71,6 +73,24 @@ def test_train_writes_adapter_merged_checkpoint_and_model_card(run):
     card = ModelCard.load(out / "merged" / "README.md")
     assert "`logits[:, 1]`" in card.text and "| optimizer steps | 2 |" in card.text
     assert f"| eval accuracy after training | {summary['eval_accuracy_after']:.4g} |" in card.text
+
+
+def test_train_export_scalar_writes_the_single_score_form_of_the_merge(run):
+    from test_reward_export import raw_logits
+
+    out, texts = run / "out", [row["prompt"] + row["chosen"] for row in preference_rows(1)]
+    assert json.loads((out / "scalar" / "config.json").read_text())["num_labels"] == 1
+    torch.testing.assert_close(raw_logits(out / "scalar", texts)[:, 0], raw_logits(out / "merged", texts)[:, 1], atol=1e-6, rtol=0)
+
+
+def test_export_command_writes_the_scalar_form(run, tmp_path):
+    from test_reward_export import raw_logits
+
+    texts = [row["prompt"] + row["chosen"] for row in preference_rows(1)]
+    result = bt_peft("export", run / "out" / "merged", tmp_path / "scalar")
+    assert "(scalar)" in result.stdout
+    torch.testing.assert_close(raw_logits(tmp_path / "scalar", texts)[:, 0], raw_logits(run / "out" / "merged", texts)[:, 1],
+                               atol=1e-6, rtol=0)
 
 
 def test_eval_merged_against_base_prints_accuracy_with_ci_and_writes_plots(run, tiny_llama_dir):

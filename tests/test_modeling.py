@@ -75,15 +75,25 @@ def test_config_argument_with_three_labels_is_overridden(tiny_llama_dir):
     assert config.num_labels == 3, "the caller's config object is left unchanged"
 
 
-def test_one_label_reward_checkpoint_gets_new_two_label_head(tmp_path, caplog):
-    path = reward_dir(tmp_path, num_labels=1)
+def test_three_label_checkpoint_gets_new_two_label_head(tmp_path, caplog):
+    path = reward_dir(tmp_path, num_labels=3)
     original = LlamaForSequenceClassification.from_pretrained(path)
     with caplog.at_level("WARNING", logger="bt_peft.modeling"):
         model = AutoModelForBradleyTerry.from_pretrained(path)
     assert model.score.weight.shape == (2, 64)
     assert not model.score.weight.any(), "the new 2-label head starts at zero"
-    assert "1-label head" in caplog.text
+    assert "3-label head" in caplog.text
     assert torch.equal(model.model.embed_tokens.weight, original.model.embed_tokens.weight), "the body is loaded"
+
+
+def test_one_label_reward_checkpoint_keeps_its_reward_as_row_1(tmp_path):
+    path = reward_dir(tmp_path, num_labels=1)
+    original = LlamaForSequenceClassification.from_pretrained(path)
+    model = AutoModelForBradleyTerry.from_pretrained(path)
+    assert model.score.weight.shape == (2, 64) and model.config.num_labels == 2
+    assert torch.equal(model.score.weight[1], original.score.weight[0])
+    assert not model.score.weight[0].any()
+    torch.testing.assert_close(logits_of(model)[..., 1], logits_of(original)[..., 0], atol=1e-6, rtol=0)
 
 
 def test_two_label_reward_checkpoint_keeps_its_head(tmp_path):

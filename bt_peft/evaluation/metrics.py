@@ -80,6 +80,16 @@ def accuracy_by_length(lengths: np.ndarray, correct: np.ndarray, edges: list[int
     return buckets
 
 
+def reward_statistics(results: dict) -> tuple[float, float]:
+    """OpenRLHF's reward normalization statistics of `evaluate_pairs` results: the mean and the unbiased standard
+    deviation (at least 1e-8) of all chosen and rejected rewards together, as OpenRLHF's `RewardModelTrainer.evaluate`
+    computes them and `get_llm_for_sequence_regression` reads them from `config.json` (`mean`, `std`)."""
+    rewards = np.asarray(results["pairs"]["chosen_rewards"] + results["pairs"]["rejected_rewards"], dtype=np.float64)
+    if len(rewards) < 2:
+        raise ValueError(f"reward statistics need at least 2 rewards, got {len(rewards)}")
+    return float(rewards.mean()), max(float(rewards.std(ddof=1)), 1e-8)
+
+
 def pair_metrics(
     chosen_rewards: Sequence[float],
     rejected_rewards: Sequence[float],

@@ -1,2 +1,3 @@
-"""Export: `merge_and_save` (merge; the one-tensor-at-a-time route in streaming_merge), the model card and the Hub
-upload (model_card). Imports only the core modules of `bt_peft`."""
+"""Export: `merge_and_save` (merge; the one-tensor-at-a-time route in streaming_merge), `export_reward_model` (the
+scalar and HALOs forms, reward_export), the model card and the Hub upload (model_card). Imports only the core modules
+of `bt_peft`."""

@@ -8,6 +8,7 @@ from peft import PeftConfig
 from transformers import AutoTokenizer
 
 from ..atomic import atomic_output_dir
+from ..modeling import zero_unused_logit
 from ..quantization import load_reward_model, nf4_device
 from ..safe_loading import load_adapter
 from .model_card import write_model_card
@@ -27,6 +28,7 @@ def merge_in_memory(adapter_dir: str | os.PathLike, output_dir: Path, base: str 
         for key in sorted(quantized_weights(model)):
             parameters[key].data = nf4_roundtrip(parameters[key].data, device)
     model = load_adapter(model, adapter_dir).merge_and_unload()
+    zero_unused_logit(model)
     model.to(dtype)
     model.config.pad_token_id = pad_token_id
     model.save_pretrained(output_dir, max_shard_size=max_shard_size)

@@ -109,14 +109,17 @@ def render_model_card(
     from_4bit: bool | None = None,
     repo_id: str | None = None,
     license: str | None = None,
+    single_score: bool = False,
 ) -> ModelCard:
     """The model card of a Bradley-Terry reward checkpoint (see `write_model_card` for the arguments).
 
     Returns:
         `huggingface_hub.ModelCard`: YAML metadata (`base_model` and `datasets` when they are Hub ids,
         `library_name: transformers`, `pipeline_tag: text-classification`, `TAGS`, `license`) and a body: what the
-        model is, the reward convention `logits[:, 1]`, loading code, training settings, evaluation, merge note.
+        model is, the reward convention (`logits[:, 1]`; `logits[:, 0]` of a 1-label head with `single_score`, the
+        form `export_reward_model` writes), loading code, training settings, evaluation, merge note.
     """
+    reward_index = 0 if single_score else REWARD_LABEL
     data = ModelCardData(
         base_model=hub_id(base_model),
         datasets=[hub_id(dataset)] if hub_id(dataset) else None,
@@ -131,10 +134,15 @@ def render_model_card(
         f"A reward model fine-tuned from `{base_model}`"
         + (f" on `{dataset}`" if dataset else "")
         + " with QLoRA (4-bit NF4 base, LoRA adapters, Bradley-Terry loss) by bt-peft, then merged into a plain "
-        "2-label sequence-classification checkpoint.",
+        + ("1-label (single score, `problem_type: regression`) " if single_score else "2-label ")
+        + "sequence-classification checkpoint.",
         "## Reward convention",
-        f"The reward of a sequence is `logits[:, {REWARD_LABEL}]` of the 2-label head, read at the last "
-        "non-padding token (`id2label = {0: unused, 1: reward}`; logit 0 is unused). Tokenize a text as "
+        (f"The reward of a sequence is `logits[:, 0]`, the single output of the head, read at the last non-padding "
+         "token (TRL's GRPO/RLOO, OpenRLHF with `--value_head_prefix score`, vLLM and pipelines read it as it is). "
+         if single_score else
+         f"The reward of a sequence is `logits[:, {REWARD_LABEL}]` of the 2-label head, read at the last "
+         "non-padding token (`id2label = {0: unused, 1: reward}`; logit 0 is unused and exactly zero). ")
+        + "Tokenize a text as "
         "`tokenizer(text)` and a conversation with the chat template, without appending an eos: that is how the "
         "model was trained. The pad token is not the eos token; keep the tokenizer's.",
         "## Usage",
@@ -144,7 +152,7 @@ def render_model_card(
         'inputs = tokenizer("\\n\\nHuman: How do I bake bread?\\n\\nAssistant: Mix flour, water, salt and yeast.", '
         'return_tensors="pt")\n'
         "with torch.no_grad():\n"
-        f"    reward = model(**inputs).logits[:, {REWARD_LABEL}]\n```",
+        f"    reward = model(**inputs).logits[:, {reward_index}]\n```",
     ]
     if training_settings:
         sections += ["## Training settings", _table(training_settings, ("setting", "value"))]
@@ -168,6 +176,7 @@ def write_model_card(output_dir: str | os.PathLike, **card_fields: Any) -> Path:
             from_4bit (`bool`, *optional*): how the merge was done (`merge_and_save`'s `from_4bit`); `None`: no note.
             repo_id (`str`, *optional*): the Hub repo the checkpoint is pushed to, used in the loading code.
             license (`str`, *optional*): licence id for the metadata (the base model's licence usually applies).
+            single_score (`bool`): the card of a 1-label export (`export_reward_model(format="scalar")`).
 
     Returns:
         `Path` of the written `README.md`; `huggingface_hub.ModelCard.load` parses its metadata.

@@ -22,7 +22,7 @@ from transformers import AutoConfig, PreTrainedModel
 from transformers.pytorch_utils import Conv1D
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 
-from ..modeling import AutoModelForBradleyTerry, head_of
+from ..modeling import AutoModelForBradleyTerry, head_of, head_output_layer
 from ..quantization import nf4_config, nf4_device
 from ..safe_loading import refuse_pickle
 from ..upstream import import_internal
@@ -263,6 +263,10 @@ def streaming_merge(
         raise ValueError(f"streaming merge: {type(skeleton).__name__} has Conv1D layers; {LOW_MEMORY_HINT}")
     checkpoint = checkpoint_tensors(local_checkpoint(base_model_name_or_path))
     shapes = saved_shapes(skeleton)
+    output_layer, _ = head_output_layer(skeleton)
+    for key in (f"{output_layer}.weight", f"{output_layer}.bias"):
+        if key in replaced:
+            replaced[key][0] = 0  # logit 0 is exactly zero in every checkpoint we write (see `zero_unused_logit`)
     sources = map_checkpoint_keys(shapes, skeleton.base_model_prefix, checkpoint, set(replaced))
     linear = {f"{name}.weight" for name, module in skeleton.named_modules() if isinstance(module, torch.nn.Linear)}
     for key, delta in deltas.items():
