@@ -98,6 +98,7 @@ def test_layer_activation_model_matches_what_autograd_saves(tiny_llama_dir):
     input_ids = torch.randint(5, 300, (sequences, length))
     attention_mask = torch.ones_like(input_ids)
     attention_mask[1, :7] = 0
+    input_ids[1, :7] = model.config.pad_token_id  # left padding, as the tokenizer pads
 
     decoder_layers = model.base_model.model.model.layers
     current, saved = [None], {}
@@ -168,6 +169,7 @@ def test_activation_estimate_matches_the_peak_of_a_training_step(tmp_path, gradi
     input_ids = torch.randint(5, 300, (sequences, length))
     attention_mask = torch.ones_like(input_ids)
     attention_mask[1, :9] = 0
+    input_ids[1, :9] = model.config.pad_token_id  # left padding, as the tokenizer pads
 
     def step():
         with torch.autocast("cpu", dtype=torch.bfloat16):
