@@ -14,10 +14,12 @@ from the trained reward. The rules:
     RewardBench list rule          `logits.tolist()` of chosen and rejected compared as Python lists (row 0 first)
     softmax (vLLM, TEI, pipeline)  `pipeline("text-classification")` defaults: softmax for 2 labels (the "reward"
                                    label's probability), none for a regression head (the raw score)
-    OpenRLHF-style                 OpenRLHF is not installed here: its `get_llm_for_sequence_regression` rebuilt from
+    OpenRLHF PPO / serve_rm        OpenRLHF is not installed here: its `get_llm_for_sequence_regression` rebuilt from
                                    its source (`AutoModel` backbone + `nn.Linear(hidden, 1, bias=False)` named by
                                    `value_head_prefix`, the reward at the last attention-mask token, `(r - mean) / std`
-                                   when `normalize_reward`), fed as `serve_rm` feeds it: eos appended, left padding
+                                   when `normalize_reward`, undone here), fed as its PPO feeds it: the sequence as
+                                   generated, ending with the eos when the generation finished, no special tokens
+                                   added, left padding
     PEFT two-step reload           `PeftModel.from_pretrained(AutoModelForBradleyTerry.from_pretrained(base), adapter)`
                                    on right- and left-padded batches of the adapter's tokenizer
 
@@ -78,10 +80,12 @@ def pipeline_scores(path: Path, texts: list[str]) -> torch.Tensor:
                          for output in classify(texts, top_k=None)])
 
 
-def openrlhf_style_rewards(path: Path, texts: list[str], append_eos: bool = True) -> torch.Tensor:
+def openrlhf_style_rewards(path: Path, queries: list[str]) -> torch.Tensor:
     """OpenRLHF's reward model as `get_llm_for_sequence_regression(path, "reward", value_head_prefix=...)` builds it
-    and `serve_rm` feeds it (see the module docstring; `append_eos=False` leaves out serve_rm's appended eos, to
-    separate the loading from that gap); raises as OpenRLHF's loading would on a 2-row head."""
+    and `serve_rm` (OpenRLHF 3c3be62, 2026-08) reads a query: as sent, `add_special_tokens=False`, left padding, the
+    reward at the last attention-mask position, `(r - mean) / std` with `normalize_reward` in config.json. Raises as
+    OpenRLHF's loading would on a 2-row head. OpenRLHF's PPO sends `decode(prompt_ids + generated_ids,
+    skip_special_tokens=False)`: a finished generation ends with the policy's eos."""
     config = json.loads((path / "config.json").read_text())
     prefix = config.get("value_head_prefix", "score")
     backbone = AutoModel.from_pretrained(path, dtype=torch.float32).eval()
@@ -90,11 +94,9 @@ def openrlhf_style_rewards(path: Path, texts: list[str], append_eos: bool = True
     head = torch.nn.Linear(backbone.config.hidden_size, 1, bias=False)
     head.load_state_dict({"weight": head_weight})  # a (2, hidden) head does not fit: size mismatch
     tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
-    queries = [text.strip(tokenizer.pad_token).strip(tokenizer.eos_token) + tokenizer.eos_token for text in texts]
-    queries = queries if append_eos else texts
 
     def forward(batch: list[str]) -> torch.Tensor:
-        inputs = tokenizer(batch, padding=True, return_tensors="pt")
+        inputs = tokenizer(batch, padding=True, add_special_tokens=False, return_tensors="pt")
         mask = inputs["attention_mask"]
         position_ids = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)
         values = head(backbone(inputs["input_ids"], attention_mask=mask, position_ids=position_ids).last_hidden_state).squeeze(-1)
@@ -159,11 +161,14 @@ def main() -> None:
             as_lists = [c > r for c, r in zip(logits[:n].tolist(), logits[n:].tolist())]
             rows.append(("RewardBench list rule", form, f"{sum(as_lists) / n:.1%}", "-"))
             measure("pipeline default (softmax / none)", form, lambda: pipeline_scores(path, texts))
-            measure("OpenRLHF-style (as serve_rm: eos appended; normalized)", form, lambda: openrlhf_style_rewards(path, texts))
             if form == "scalar export":
                 statistics = json.loads((path / "config.json").read_text())
-                measure("OpenRLHF-style without the appended eos, un-normalized", form,
-                        lambda: openrlhf_style_rewards(path, texts, append_eos=False) * statistics["std"] + statistics["mean"])
+                for what, queries in (("a finished generation (ends with eos)", [text + tokenizer.eos_token for text in texts]),
+                                      ("a generation cut at max length (no eos)", texts)):
+                    measure(f"OpenRLHF PPO / serve_rm: {what}", form,
+                            lambda: openrlhf_style_rewards(path, queries) * statistics["std"] + statistics["mean"])
+            else:
+                measure("OpenRLHF PPO / serve_rm", form, lambda: openrlhf_style_rewards(path, texts))
         # The two-step reload puts the adapter on the unquantized base: its reference is bt_peft.score of the same.
         reference = score(AutoModelForBradleyTerry.from_pretrained(args.adapter, dtype=torch.float32),
                           AutoTokenizer.from_pretrained(args.adapter), texts)

@@ -22,6 +22,8 @@ from pathlib import Path
 import datasets
 import pyarrow
 
+from .tokenizer import appends_eos
+
 HH_HUMAN = "\n\nHuman:"
 HH_ASSISTANT = "\n\nAssistant:"
 IDENTICAL = "identical after truncation"
@@ -181,14 +183,23 @@ def encode(tokenizer, content: Content) -> list[int]:
         content (`str | list[dict]`): a text, or a list of {"role", "content"} messages.
 
     Returns:
-        `list[int]`: token ids. A text gets the tokenizer's own special tokens (e.g. a leading BOS) and nothing
-        appended (no EOS). Messages are rendered with the chat template, whose text carries its own special tokens,
-        and tokenized without adding any.
+        `list[int]`: token ids. A text gets the tokenizer's own special tokens (e.g. a leading BOS), except a second
+        BOS when the text already starts with one (as OpenRLHF sends chat-template text). Messages are rendered with
+        the chat template, whose text carries its own special tokens, and tokenized without adding any. Nothing is
+        appended, unless the tokenizer records `append_eos` (`bt_peft.tokenizer.appends_eos`): then trailing
+        newlines are removed and the ids end with one eos token (OpenRLHF's convention: a generation ends at eos).
     """
-    if isinstance(content, str):
-        return tokenizer(content)["input_ids"]
-    rendered = tokenizer.apply_chat_template(content, tokenize=False)
-    return tokenizer(rendered, add_special_tokens=False)["input_ids"]
+    text = content if isinstance(content, str) else tokenizer.apply_chat_template(content, tokenize=False)
+    append_eos = appends_eos(tokenizer)
+    if append_eos:
+        text = text.rstrip("\n")
+    ids = tokenizer(text, add_special_tokens=isinstance(content, str))["input_ids"]
+    bos = tokenizer.bos_token_id
+    if bos is not None and ids[:2] == [bos, bos] and text.startswith(tokenizer.bos_token):
+        ids = ids[1:]
+    if append_eos and ids[-1:] != [tokenizer.eos_token_id]:
+        ids = ids + [tokenizer.eos_token_id]
+    return ids
 
 
 def minimal_pair_length(tokenizer) -> int:

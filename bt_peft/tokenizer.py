@@ -1,7 +1,10 @@
-"""Tokenizer set-up: a pad token distinct from eos, so training and serving read the same token."""
+"""Tokenizer set-up: a pad token distinct from eos, so training and serving read the same token, and the record of
+whether every sequence ends with an eos (`append_eos`)."""
 
+import json
 import logging
 import os
+from pathlib import Path
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
@@ -67,6 +70,53 @@ def load_tokenizer(
     tokenizer = AutoTokenizer.from_pretrained(model_name_or_path, **kwargs)
     tokenizer.pad_token = choose_pad_token(tokenizer, eos_ids)
     return tokenizer
+
+
+APPEND_EOS_KEY = "bt_peft_append_eos"
+"""Key of the tokenizer's `init_kwargs`, saved in `tokenizer_config.json` with the tokenizer of every checkpoint
+(adapter, merge, export): true when the reward model was trained with an eos ending every sequence
+(`BradleyTerryRewardConfig.append_eos`). `bt_peft.data.encode` reads it, so scoring, evaluation and serving end each
+text with the eos as training did."""
+
+
+def appends_eos(tokenizer: PreTrainedTokenizerBase) -> bool:
+    """Whether `encode` ends every sequence with the eos token for this tokenizer (`APPEND_EOS_KEY`)."""
+    return bool(tokenizer.init_kwargs.get(APPEND_EOS_KEY, False))
+
+
+def saved_appends_eos(directory: str | os.PathLike) -> bool:
+    """`appends_eos` of the tokenizer saved in `directory` (False when it holds no `tokenizer_config.json`)."""
+    path = Path(directory) / "tokenizer_config.json"
+    return path.is_file() and bool(json.loads(path.read_text(encoding="utf-8")).get(APPEND_EOS_KEY, False))
+
+
+def set_append_eos(tokenizer: PreTrainedTokenizerBase, append_eos: bool) -> None:
+    """Record on the tokenizer (in place, saved with it) whether every sequence ends with its eos token.
+
+    Args:
+        tokenizer (`PreTrainedTokenizerBase`): the reward model's tokenizer, its pad token already chosen.
+        append_eos (`bool`): the training setting (`BradleyTerryRewardConfig.append_eos`).
+
+    Raises:
+        ValueError: when `append_eos` is set and the tokenizer has no eos token, or pads with it (the reward is read
+            at the last token that is not padding: it would skip the eos); or when the tokenizer already records
+            `append_eos` (it was saved with a model trained so) and `append_eos` is False.
+    """
+    if appends_eos(tokenizer) and not append_eos:
+        raise ValueError(
+            f"the tokenizer records {APPEND_EOS_KEY}: true (tokenizer_config.json of a model trained with "
+            "append_eos): pass append_eos=True to keep training it the same way, or use the base model's tokenizer"
+        )
+    if not append_eos:
+        return
+    if tokenizer.eos_token_id is None:
+        raise ValueError(f"append_eos: the tokenizer ({type(tokenizer).__name__}) has no eos token to append")
+    if tokenizer.pad_token_id == tokenizer.eos_token_id:
+        raise ValueError(
+            f"append_eos: the tokenizer pads with its eos token {tokenizer.eos_token!r}, so the reward would be read "
+            "at the token before the eos; give it a pad token that is not an eos"
+        )
+    tokenizer.init_kwargs[APPEND_EOS_KEY] = True
 
 
 def eos_ids_of(config) -> set[int]:

@@ -22,7 +22,7 @@ from transformers import AutoModelForSequenceClassification
 from bt_peft import AutoModelForBradleyTerry, load_for_scoring, score
 from bt_peft.data import encode, fit_to_length
 from bt_peft.serving.batching import plan_batches
-from bt_peft.tokenizer import choose_pad_token
+from bt_peft.tokenizer import choose_pad_token, set_append_eos
 from conftest import CORPUS, build_tokenizer, tiny_llama_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,7 +37,8 @@ def text_of(index: int, words: int) -> str:
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory) -> dict[str, Path]:
-    """A tiny 2-label reward checkpoint with a random (non-zero) head, and its 1-label scalar form (head = row 1)."""
+    """A tiny 2-label reward checkpoint with a random (non-zero) head, its 1-label scalar form (head = row 1), and the
+    same model with a tokenizer that records `append_eos`."""
     root = tmp_path_factory.mktemp("serve")
     tokenizer = build_tokenizer()
     tokenizer.pad_token = choose_pad_token(tokenizer)
@@ -52,7 +53,10 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:
     scalar.load_state_dict(state)
     scalar.save_pretrained(root / "scalar")
     tokenizer.save_pretrained(root / "scalar")
-    return {"merged": root / "merged", "scalar": root / "scalar"}
+    model.save_pretrained(root / "merged-eos")
+    set_append_eos(tokenizer, True)
+    tokenizer.save_pretrained(root / "merged-eos")
+    return {"merged": root / "merged", "scalar": root / "scalar", "merged-eos": root / "merged-eos"}
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +123,8 @@ def fleet(checkpoints, tmp_path_factory):
     - main: the merged checkpoint with small request limits;
     - strict: an API key from the environment and a queue of 4 texts, each waiting up to 1.5 s for a batch;
     - scalar: the 1-label checkpoint, long texts cut to 32 tokens;
-    - sigterm: the merged checkpoint, texts waiting up to 1.5 s (stopped by its test)."""
+    - sigterm: the merged checkpoint, texts waiting up to 1.5 s (stopped by its test);
+    - eos: the append_eos checkpoint."""
     logs = tmp_path_factory.mktemp("logs")
     merged, scalar = checkpoints["merged"], checkpoints["scalar"]
     servers = {
@@ -129,6 +134,7 @@ def fleet(checkpoints, tmp_path_factory):
                          env={"BT_PEFT_API_KEY": API_KEY}),
         "scalar": Server(scalar, ["--truncate", "--max_length", "32"], logs / "scalar.log"),
         "sigterm": Server(merged, ["--max_wait_ms", "1500"], logs / "sigterm.log"),
+        "eos": Server(checkpoints["merged-eos"], [], logs / "eos.log"),
     }
     try:
         yield servers
@@ -200,6 +206,24 @@ def test_rewards_equal_score_for_texts_and_conversations(server, reference):
     conversations = [CONVERSATION, CONVERSATION[:1]]
     assert server.rewards(conversations, "messages") == pytest.approx(score(model, tokenizer, conversations).tolist(), abs=1e-5)
     assert server.request("GET", "/health") == (200, {"status": "ok", "waiting": 0})
+
+
+def test_openrlhf_queries_get_the_trained_reward(checkpoints, fleet, reference):
+    """OpenRLHF's PPO posts `decode(prompt_ids + generated_ids, skip_special_tokens=False)`: the BOS of a chat
+    template at the start (not doubled here) and, from a finished generation, the eos at the end (the reward of a
+    model trained with append_eos is read there; the server appends it when a text lacks it)."""
+    model, tokenizer = reference
+    texts = [text_of(20, 4), text_of(21, 15)]
+    sent = [tokenizer.bos_token + text for text in texts]
+    fleet["main"].wait_ready()
+    assert fleet["main"].rewards(sent) == pytest.approx(score(model, tokenizer, texts).tolist(), abs=1e-5)
+    eos_tokenizer = load_for_scoring(checkpoints["merged-eos"])[1]
+    with_eos = score(model, eos_tokenizer, texts).tolist()
+    assert with_eos != pytest.approx(score(model, tokenizer, texts).tolist(), abs=1e-3)
+    served = fleet["eos"]
+    served.wait_ready()
+    for query in (texts, [text + tokenizer.eos_token for text in sent]):
+        assert served.rewards(query) == pytest.approx(with_eos, abs=1e-5)
 
 
 def test_64_concurrent_clients_each_get_their_own_rewards(server, reference):

@@ -9,6 +9,7 @@ from huggingface_hub import HfApi, ModelCard, ModelCardData
 from huggingface_hub.utils import filter_repo_objects
 
 from ..reward import REWARD_LABEL
+from ..tokenizer import saved_appends_eos
 
 TAGS = ["reward-model", "bradley-terry", "qlora", "peft", "trl", "bt-peft"]
 HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
@@ -81,6 +82,7 @@ def training_settings(training_args, model_args, steps: int) -> dict:
         "batch size (per device x accumulation x devices)": f"{training_args.per_device_train_batch_size} x "
         f"{training_args.gradient_accumulation_steps} x {training_args.world_size}",
         "max_length": training_args.max_length,
+        "eos ending every sequence (append_eos)": getattr(training_args, "append_eos", False),
         "seed": training_args.seed,
     }
 
@@ -110,6 +112,7 @@ def render_model_card(
     repo_id: str | None = None,
     license: str | None = None,
     single_score: bool = False,
+    append_eos: bool = False,
 ) -> ModelCard:
     """The model card of a Bradley-Terry reward checkpoint (see `write_model_card` for the arguments).
 
@@ -142,15 +145,20 @@ def render_model_card(
          if single_score else
          f"The reward of a sequence is `logits[:, {REWARD_LABEL}]` of the 2-label head, read at the last "
          "non-padding token (`id2label = {0: unused, 1: reward}`; logit 0 is unused and exactly zero). ")
-        + "Tokenize a text as "
-        "`tokenizer(text)` and a conversation with the chat template, without appending an eos: that is how the "
-        "model was trained. The pad token is not the eos token; keep the tokenizer's.",
+        + ("Tokenize a text as `tokenizer(text)` and a conversation with the chat template, trailing newlines removed, "
+           "and end it with the eos token `tokenizer.eos_token` (add it when it is missing): the model was trained with "
+           "an eos ending every sequence and reads the reward there (OpenRLHF's convention). "
+           if append_eos else
+           "Tokenize a text as `tokenizer(text)` and a conversation with the chat template, without appending an eos: "
+           "that is how the model was trained. ")
+        + "The pad token is not the eos token; keep the tokenizer's.",
         "## Usage",
         "```python\nimport torch\nfrom transformers import AutoModelForSequenceClassification, AutoTokenizer\n\n"
         f'model = AutoModelForSequenceClassification.from_pretrained("{model_id}")\n'
         f'tokenizer = AutoTokenizer.from_pretrained("{model_id}")\n'
-        'inputs = tokenizer("\\n\\nHuman: How do I bake bread?\\n\\nAssistant: Mix flour, water, salt and yeast.", '
-        'return_tensors="pt")\n'
+        'inputs = tokenizer("\\n\\nHuman: How do I bake bread?\\n\\nAssistant: Mix flour, water, salt and yeast.'
+        + ('" + tokenizer.eos_token, ' if append_eos else '", ')
+        + 'return_tensors="pt")\n'
         "with torch.no_grad():\n"
         f"    reward = model(**inputs).logits[:, {reward_index}]\n```",
     ]
@@ -177,6 +185,8 @@ def write_model_card(output_dir: str | os.PathLike, **card_fields: Any) -> Path:
             repo_id (`str`, *optional*): the Hub repo the checkpoint is pushed to, used in the loading code.
             license (`str`, *optional*): licence id for the metadata (the base model's licence usually applies).
             single_score (`bool`): the card of a 1-label export (`export_reward_model(format="scalar")`).
+            append_eos (`bool`, *optional*): trained with an eos ending every sequence; default: what the tokenizer
+                saved in `output_dir` records (`bt_peft.tokenizer.saved_appends_eos`).
 
     Returns:
         `Path` of the written `README.md`; `huggingface_hub.ModelCard.load` parses its metadata.
@@ -184,6 +194,7 @@ def write_model_card(output_dir: str | os.PathLike, **card_fields: Any) -> Path:
     output_dir = Path(output_dir)
     if not output_dir.is_dir():
         raise NotADirectoryError(f"model card: {output_dir} is not a directory")
+    card_fields.setdefault("append_eos", saved_appends_eos(output_dir))
     card = render_model_card(**card_fields)
     path = output_dir / "README.md"
     card.save(path)

@@ -21,7 +21,7 @@ from transformers.utils import SAFE_WEIGHTS_INDEX_NAME
 
 from ..atomic import atomic_output_dir, check_output_dir
 from ..modeling import head_output_layer
-from ..tokenizer import eos_ids_of, load_tokenizer
+from ..tokenizer import appends_eos, eos_ids_of, load_tokenizer
 from .merge import merge_and_save
 from .model_card import write_model_card
 from .streaming_merge import SAFETENSORS_DTYPES, checkpoint_tensors, local_checkpoint, read_tensor, reward_skeleton, write_safetensors
@@ -93,6 +93,10 @@ def export_reward_model(
             logger.warning("export: the tokenizer adds %s to every text; TRL's GRPO/RLOO tokenize plain-text prompts "
                            "without them (add_special_tokens=False), so their rewards of plain texts differ from "
                            "training (conversations are unaffected); see the README", tokenizer.convert_ids_to_tokens(tokenizer("")["input_ids"]))
+        if format == "scalar" and appends_eos(tokenizer):
+            logger.warning("export: the model reads the reward at an eos ending every text (trained with append_eos); "
+                           "OpenRLHF's sequences end with it, but TRL's GRPO/RLOO and vLLM score texts without one: "
+                           "give them texts ending with %r, or score with bt_peft.score", tokenizer.eos_token)
         head = head_output_layer(reward_skeleton(config))[0]
         with atomic_output_dir(output_dir, overwrite=overwrite) as staging:
             write_weights(source, staging, head, single_score=format == "scalar")

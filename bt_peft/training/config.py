@@ -38,6 +38,11 @@ class BradleyTerryRewardConfig(RewardConfig):
     max_tokens_per_row: int | None = field(
         default=None, metadata={"help": "token budget of a padding-free row (default: the longest pair of the batch)"}
     )
+    append_eos: bool = field(
+        default=False,
+        metadata={"help": "end every sequence with the eos token and read the reward there (OpenRLHF's PPO scores "
+                          "generations ending in eos); recorded in the saved tokenizer. Off: TRL GRPO/RLOO's form"},
+    )
 
     def __post_init__(self):
         if self.activation_checkpointing is None and self.gradient_checkpointing is None:

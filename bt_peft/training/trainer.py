@@ -20,7 +20,7 @@ from ..loss import bradley_terry_loss
 from ..modeling import configure_bradley_terry
 from ..quantization import load_reward_model
 from ..reward import bt_reward
-from ..tokenizer import choose_pad_token, eos_ids_of
+from ..tokenizer import choose_pad_token, eos_ids_of, set_append_eos
 from ..upstream import require_call, require_methods, upstream_error
 from ..validation import validate_training_setup
 from .checkpointing import SafeCheckpointMixin
@@ -83,6 +83,9 @@ class BradleyTerryRewardTrainer(NonFiniteGuardMixin, SafeCheckpointMixin, Reward
       `r = bt_reward(logits)`.
     - pad token: an unused special token distinct from eos where the tokenizer has one (`choose_pad_token`),
       so the reward is read at the true last token in training and in any tool serving the checkpoint.
+    - eos: TRL appends one to plain texts (not to conversations); bt-peft appends none by default, the form TRL's
+      GRPO/RLOO score, and with `BradleyTerryRewardConfig.append_eos` ends every sequence with one (OpenRLHF's form),
+      recorded in the saved tokenizer.
     - data: pairs longer than `max_length` are kept, their prompt cut from the left; what was truncated or
       skipped is printed and kept in `preparation_reports`.
     - trainable parameters keep the dtype the model was given (TRL casts QLoRA adapters and head to bf16).
@@ -134,6 +137,7 @@ class BradleyTerryRewardTrainer(NonFiniteGuardMixin, SafeCheckpointMixin, Reward
                 get_config_model_id(model.config), trust_remote_code=args.trust_remote_code
             )
         processing_class.pad_token = choose_pad_token(processing_class, eos_ids_of(model.config))
+        set_append_eos(processing_class, getattr(args, "append_eos", False))
         if data_collator is None:
             data_collator = packed_collator(model, args, processing_class.pad_token_id)
         self.preparation_reports = {}
