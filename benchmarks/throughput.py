@@ -38,7 +38,7 @@ from bt_peft.quantization import nf4_config
 from bt_peft.training.qlora import lora_targets
 from bt_peft.tokenizer import eos_ids_of, load_tokenizer
 
-HH_TRAIN = "/work/shared/data/hh-rlhf-harmless-base/train.jsonl"
+HH_TRAIN = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh-rlhf-harmless-base" / "train.jsonl"
 ARMS = {
     "a": "stock trl.RewardTrainer",
     "b": "bt-peft, packing off",
