@@ -18,6 +18,9 @@ Sections (each guarded: one that fails prints FAIL with its error and the others
                 plan is made for the same layer counts and compared directly, then for 32)
     throughput  pairs/s of stock `trl.RewardTrainer` + peft (arm a of benchmarks/throughput.py) vs ours
                 (`BradleyTerryRewardTrainer` defaults, arm d), same model, HH pairs, batch and steps, one run each
+    serve       benchmarks/serve.py on a 2-label checkpoint of the random small Llama (random head): texts/s of
+                one-at-a-time scoring, of one batched call and of `bt-peft serve` with 1, 8 and 64 clients on the HH dev
+                texts, fp32 (issue 13's target: >= 4x one-at-a-time at 64 clients), and the served rewards' difference
     recipe      `recipes/qlora_llama3.py` end to end with the demo config on the random small Llama (train, eval,
                 merge from 4-bit, reload with plain transformers, compare rewards)
 
@@ -33,6 +36,7 @@ import dataclasses
 import json
 import math
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -50,7 +54,7 @@ sys.path[:0] = IMPORT_PATHS  # bt_peft from this tree; the tests' and benchmarks
 
 import torch  # noqa: E402
 
-SECTIONS = ("packing", "defect3", "merge", "vram", "throughput", "recipe")
+SECTIONS = ("packing", "defect3", "merge", "vram", "throughput", "serve", "recipe")
 SMALL_SHAPE = dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
                    num_key_value_heads=3, max_position_embeddings=2048, tie_word_embeddings=True)
 """SmolLM2-135M's shape (its vocabulary aside)."""
@@ -63,6 +67,10 @@ layer)."""
 MERGE_REWARD_TOLERANCE = 1e-2
 """Max abs reward difference of the CPU- and CUDA-rounded bf16 merges (a block scale off by its last bit moves a
 weight by ~1e-3 relative; bf16 rewards of a random 30-layer model are only good to ~1e-2)."""
+SERVE_SPEEDUP_GOAL = 4.0
+"""Issue 13: `bt-peft serve` with 64 concurrent clients, at least this many times one-at-a-time scoring's texts/s."""
+SERVE_REWARD_TOLERANCE = 1e-4
+"""Max abs difference of served and one-at-a-time fp32 rewards (batches of other lengths tile the kernels otherwise)."""
 PLAN_TOLERANCE = 0.10
 VRAM_LAYERS = (2, 4)
 FULL_LAYERS = 32
@@ -303,6 +311,45 @@ def check_throughput(ctx: Context) -> list[Row]:
                 f"({results['d']['pairs_per_s'] / results['a']['pairs_per_s']:.2f}x stock)", "", "INFO")]
 
 
+def reward_checkpoint(ctx: Context) -> Path:
+    """The small Llama as a 2-label reward checkpoint with a random head (the rewards differ from text to text)."""
+    from bt_peft import AutoModelForBradleyTerry
+    from bt_peft.tokenizer import load_tokenizer
+
+    path = ctx.work / "small-reward"
+    tokenizer = load_tokenizer(small_model(ctx))
+    model = AutoModelForBradleyTerry.from_pretrained(small_model(ctx), dtype=torch.float32)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    torch.manual_seed(0)
+    torch.nn.init.normal_(model.score.weight[1:], std=0.5)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def check_serve(ctx: Context) -> list[Row]:
+    """benchmarks/serve.py in its own process (it starts the `bt-peft serve` process), medians over its repeats."""
+    texts, length, clients, repeats = (16, 32, "1,4", 1) if ctx.smoke else (64, 256, "1,8,64", 2)
+    report = ctx.work / "serve.json"
+    run_child([sys.executable, str(ROOT / "benchmarks" / "serve.py"), str(reward_checkpoint(ctx)),
+               "--data", str(ctx.hh_file("dev")), "--texts", str(texts), "--max-length", str(length), "--clients", clients,
+               "--repeats", str(repeats), "--device", ctx.device, "--output", str(report)], ctx, "serve", timeout=600)
+    results = json.loads(report.read_text())["results"]
+    rows = []
+    for name in dict.fromkeys(arm["arm"] for arm in results):
+        arms = [arm for arm in results if arm["arm"] == name]
+        speedup = statistics.median(arm["speedup"] for arm in arms)
+        measured = (f"{statistics.median(arm['texts_per_s'] for arm in arms):.1f} texts/s (x{speedup:.2f}), p50 "
+                    f"{statistics.median(arm['p50_ms'] for arm in arms):.0f} ms, p99 {statistics.median(arm['p99_ms'] for arm in arms):.0f} ms")
+        goal = name == "serve, 64 clients" and not ctx.smoke
+        rows.append(Row("serve", f"{name} ({texts} texts, <= {length} tokens)", measured,
+                        f">= {SERVE_SPEEDUP_GOAL:.0f}x" if goal else "", verdict(speedup >= SERVE_SPEEDUP_GOAL) if goal else "INFO"))
+    difference = max(arm.get("max_abs_reward_diff", 0.0) for arm in results)
+    rows.append(Row("serve", "served vs one-at-a-time rewards", f"max diff {difference:.2e}",
+                    f"<= {SERVE_REWARD_TOLERANCE:.0e}", verdict(difference <= SERVE_REWARD_TOLERANCE)))
+    return rows
+
+
 def check_recipe(ctx: Context) -> list[Row]:
     """The recipe with the demo config (its data, LoRA and merge settings) on the random small Llama."""
     output = ctx.work / "recipe"
@@ -327,7 +374,7 @@ def check_recipe(ctx: Context) -> list[Row]:
 
 CHECKS: dict[str, Callable[[Context], list[Row]]] = {
     "packing": check_packing, "defect3": check_defect3, "merge": check_merge, "vram": check_vram,
-    "throughput": check_throughput, "recipe": check_recipe,
+    "throughput": check_throughput, "serve": check_serve, "recipe": check_recipe,
 }
 
 

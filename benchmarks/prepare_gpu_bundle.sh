@@ -24,8 +24,10 @@ fi
 HH_DIR="${HH_DIR:-../shared/data/hh-rlhf-harmless-base}"
 BUNDLE=.gpu_bundle
 LIMIT_MIB=64
-# The versions the tests run with (pyproject.toml), and the two pure-Python needs of datasets the machine lacks.
-SPECS=(bitsandbytes==0.50.2 trl==1.16.0 datasets==5.2.0 peft==0.21.2 dill==0.4.1 multiprocess==0.70.19)
+# The versions the tests run with (pyproject.toml), the two pure-Python needs of datasets the machine lacks, and
+# bt-peft's serving extra (starlette, uvicorn) with their pure-Python needs, for gpu_check's serve section.
+SPECS=(bitsandbytes==0.50.2 trl==1.16.0 datasets==5.2.0 peft==0.21.2 dill==0.4.1 multiprocess==0.70.19
+       starlette==1.10.0 uvicorn==0.54.0 anyio==4.16.0 idna==3.20 click==8.5.1 h11==0.16.0)
 INSTALL_THERE=(transformers==5.24.0)
 KEEP_LIBRARY=libbitsandbytes_cuda130.so
 PLATFORM=(--python-version 3.12 --implementation cp --abi cp312 --abi abi3 --abi none

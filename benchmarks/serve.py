@@ -6,6 +6,9 @@
 Arms, on the same texts (the chosen side of the first `--texts` pairs of the HH-RLHF harmless-base dev split, cut to
 `--max-length` tokens from the left as training cuts them):
     one-at-a-time   in this process, `bt_peft.score(model, tokenizer, [text])`: one text per call, one call after another
+    batched         in this process, one `bt_peft.score` call on all texts in batches of `--token-budget` / `--max-length`
+                    texts (the batches the server's token budget allows at most): what batching alone gains on this
+                    hardware, with no server and no waiting for requests; every text's latency is the whole call
     serve, N        a `bt-peft serve` process (`--truncate --max_length` the same), N client threads each posting one
                     text per request to /get_reward (urllib), until every text is scored
 Printed per arm and repeat: texts/s (texts over wall time), p50 and p99 latency of one call or request, texts per
@@ -68,6 +71,14 @@ def one_at_a_time(model, tokenizer, texts: list[str], max_length: int) -> tuple[
     return summary("one-at-a-time", time.perf_counter() - start, cpu_seconds(os.getpid()) - cpu_start, latencies), rewards
 
 
+def batched(model, tokenizer, texts: list[str], max_length: int, batch_size: int) -> tuple[dict, list[float]]:
+    """Score every text in one call, `batch_size` texts per forward, in this process."""
+    start, cpu_start = time.perf_counter(), cpu_seconds(os.getpid())
+    rewards = score(model, tokenizer, texts, batch_size=batch_size, max_length=max_length).tolist()
+    seconds = time.perf_counter() - start
+    return summary("batched", seconds, cpu_seconds(os.getpid()) - cpu_start, [seconds] * len(texts)), rewards
+
+
 def post(url: str, texts: list[str]) -> list[float]:
     request = urllib.request.Request(url + "/get_reward", data=json.dumps({"query": texts}).encode(), method="POST")
     with urllib.request.urlopen(request, timeout=600) as response:
@@ -92,14 +103,16 @@ def served(url: str, server_pid: int, texts: list[str], clients: int) -> tuple[d
     return summary(f"serve, {clients} clients", wall, cpu, latencies), rewards
 
 
-def start_server(model: str, max_length: int, dtype: str, token_budget: int, max_wait_ms: float) -> tuple[subprocess.Popen, str]:
+def start_server(model: str, max_length: int, dtype: str, device: str, token_budget: int,
+                 max_wait_ms: float) -> tuple[subprocess.Popen, str]:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     command = [sys.executable, "-m", "bt_peft.cli", "serve", model, "--port", str(port), "--truncate", "--max_length",
-               str(max_length), "--dtype", dtype, "--token_budget", str(token_budget), "--max_wait_ms", str(max_wait_ms),
+               str(max_length), "--dtype", dtype, "--device", device, "--token_budget", str(token_budget), "--max_wait_ms", str(max_wait_ms),
                "--log_level", "warning"]
-    process = subprocess.Popen(command, cwd=ROOT, env=os.environ | {"PYTHONPATH": str(ROOT)})
+    python_path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    process = subprocess.Popen(command, cwd=ROOT, env=os.environ | {"PYTHONPATH": python_path})
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
@@ -123,6 +136,7 @@ def main() -> None:
     parser.add_argument("--clients", default="1,8,64", help="concurrent clients of each serve arm")
     parser.add_argument("--repeats", type=int, default=2, help="rounds of all arms, interleaved")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--device", default="cpu", help="where both sides score: cpu, cuda or cuda:N")
     parser.add_argument("--token-budget", type=int, default=8192, help="the server's --token_budget")
     parser.add_argument("--max-wait-ms", type=float, default=5.0, help="the server's --max_wait_ms")
     parser.add_argument("--output", help="write the results as JSON")
@@ -132,11 +146,11 @@ def main() -> None:
     model_dir = str(ROOT / args.model) if not Path(args.model).is_absolute() else args.model
     rows = load_preference_file(args.data)
     texts = [row["chosen"] for row in rows.select(range(min(args.texts, len(rows))))]
-    model, tokenizer = load_for_scoring(model_dir, compute_dtype=getattr(torch, args.dtype), device_map={"": "cpu"})
+    model, tokenizer = load_for_scoring(model_dir, compute_dtype=getattr(torch, args.dtype), device_map={"": args.device})
     lengths = [len(ids) for ids in tokenizer(texts)["input_ids"]]
     print(f"{len(texts)} texts, {min(lengths)}-{max(lengths)} tokens (median {statistics.median(lengths):.0f}) before "
-          f"cutting to {args.max_length}; torch threads {torch.get_num_threads()}, {os.cpu_count()} CPUs", flush=True)
-    process, url = start_server(model_dir, args.max_length, args.dtype, args.token_budget, args.max_wait_ms)
+          f"cutting to {args.max_length}; torch threads {torch.get_num_threads()}, {os.cpu_count()} CPUs, device {args.device}", flush=True)
+    process, url = start_server(model_dir, args.max_length, args.dtype, args.device, args.token_budget, args.max_wait_ms)
     clients = [int(count) for count in args.clients.split(",")]
     results = []
     try:
@@ -145,6 +159,9 @@ def main() -> None:
         for repeat in range(args.repeats):
             baseline, expected = one_at_a_time(model, tokenizer, texts, args.max_length)
             arms = [baseline]
+            arm, rewards = batched(model, tokenizer, texts, args.max_length, max(1, args.token_budget // args.max_length))
+            arm["max_abs_reward_diff"] = max(abs(a - b) for a, b in zip(rewards, expected))
+            arms.append(arm)
             for count in clients:
                 arm, rewards = served(url, process.pid, texts, count)
                 arm["max_abs_reward_diff"] = max(abs(a - b) for a, b in zip(rewards, expected))
@@ -152,7 +169,7 @@ def main() -> None:
             for arm in arms:
                 arm |= {"repeat": repeat, "speedup": arm["texts_per_s"] / baseline["texts_per_s"],
                         "cpu_speedup": arm["texts_per_cpu_s"] / baseline["texts_per_cpu_s"]}
-                difference = f"  max |served - score| {arm['max_abs_reward_diff']:.1e}" if "max_abs_reward_diff" in arm else ""
+                difference = f"  max |reward - one-at-a-time| {arm['max_abs_reward_diff']:.1e}" if "max_abs_reward_diff" in arm else ""
                 print(f"repeat {repeat}  {arm['arm']:<18} {arm['texts_per_s']:7.2f} texts/s (x{arm['speedup']:.2f})  "
                       f"p50 {arm['p50_ms']:8.1f} ms  p99 {arm['p99_ms']:8.1f} ms  {arm['texts_per_cpu_s']:6.2f} texts/CPU-s "
                       f"(x{arm['cpu_speedup']:.2f}){difference}", flush=True)

@@ -25,7 +25,7 @@ def test_cpu_smoke_runs_every_section_and_passes(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     failed = [row for row in rows if row["status"] == "FAIL"]
     assert not failed and "0 FAIL" in result.stdout
-    assert {row["section"] for row in rows} == {"packing", "defect3", "merge", "vram", "throughput", "recipe"}
+    assert {row["section"] for row in rows} == {"packing", "defect3", "merge", "vram", "throughput", "serve", "recipe"}
     passed = {(row["section"], row["check"]) for row in rows if row["status"] == "PASS"}
     for section, check in [("packing", "float32 sdpa rewards (8 pairs)"), ("packing", "float32 sdpa LoRA+head grads (17)"),
                            ("packing", "bfloat16 sdpa LoRA+head grads (17)"), ("packing", "float32 flex_attention rewards (8 pairs)"),
@@ -34,6 +34,10 @@ def test_cpu_smoke_runs_every_section_and_passes(tmp_path):
     throughput = [row["result"] for row in rows if row["section"] == "throughput"]
     assert len(throughput) == 2 and all(float(result.split()[0]) > 0 for result in throughput)
     assert len([row for row in rows if row["section"] == "vram"]) == 2  # 1 and 2 layers ran (no VRAM on a CPU)
+    serve = {row["check"].split(" (")[0]: row for row in rows if row["section"] == "serve"}
+    assert set(serve) == {"one-at-a-time", "batched", "serve, 1 clients", "serve, 4 clients", "served vs one-at-a-time rewards"}
+    assert all(float(row["result"].split()[0]) > 0 for name, row in serve.items() if "rewards" not in name)
+    assert serve["served vs one-at-a-time rewards"]["status"] == "PASS"
     for row in rows:  # the printed table holds every row
         assert row["check"] in result.stdout and row["result"] in result.stdout
 
