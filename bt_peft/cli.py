@@ -62,6 +62,7 @@ class MergeOptions:
     base_model: str | None = field(default=None, metadata={"help": "base model (default: the adapter config's base_model_name_or_path)"})
     max_shard_size: str = field(default="5GB", metadata={"help": "safetensors shard size"})
     low_memory: bool = field(default=True, metadata={"help": "streaming merge, one weight at a time (false: whole base in RAM, any architecture)"})
+    device: str | None = field(default=None, metadata={"help": "where --from_4bit's NF4 round trip runs: cpu, cuda or cuda:N (default: the GPU if there is one)"})
     overwrite: bool = field(default=False, metadata={"help": "replace a non-empty OUTPUT directory"})
     push_to_hub: str | None = field(default=None, metadata={"help": "Hub repo id (owner/name) to upload the merged checkpoint to"})
     private: bool = field(default=True, metadata={"help": "create the Hub repo private"})
@@ -229,6 +230,7 @@ def run_merge(args: argparse.Namespace) -> int:
         max_shard_size=options.max_shard_size,
         low_memory=options.low_memory,
         overwrite=options.overwrite,
+        device=options.device,
     )
     print(f"merged {args.adapter} into {output}")
     if options.push_to_hub:  # the card's loading code names the repo
