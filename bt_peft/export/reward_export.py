@@ -89,10 +89,11 @@ def export_reward_model(
             raise ValueError(f"export: {model_dir} has a {config.num_labels}-label head; expected a 2-label Bradley-Terry "
                              "checkpoint (merge_and_save, AutoModelForBradleyTerry.save_pretrained) or an adapter directory")
         tokenizer = load_tokenizer(source if is_adapter else model_dir, eos_ids=eos_ids_of(config))
-        if tokenizer("")["input_ids"]:
+        added = tokenizer("")["input_ids"]  # the special tokens the tokenizer adds to every text
+        if added:
             logger.warning("export: the tokenizer adds %s to every text; TRL's GRPO/RLOO tokenize plain-text prompts "
                            "without them (add_special_tokens=False), so their rewards of plain texts differ from "
-                           "training (conversations are unaffected); see the README", tokenizer.convert_ids_to_tokens(tokenizer("")["input_ids"]))
+                           "training (conversations are unaffected); see the README", tokenizer.convert_ids_to_tokens(added))
         if format == "scalar" and appends_eos(tokenizer):
             logger.warning("export: the model reads the reward at an eos ending every text (trained with append_eos); "
                            "OpenRLHF's sequences end with it, but TRL's GRPO/RLOO and vLLM score texts without one: "

@@ -205,7 +205,8 @@ class BradleyTerryRewardTrainer(NonFiniteGuardMixin, SafeCheckpointMixin, Reward
 IGNORED_SETTINGS = {
     "pad_token": "bt-peft picks the pad token (choose_pad_token: an unused special token, never eos) and sets "
                  "model.config.pad_token_id to it; another pad token in TRL's batches would move the reward position",
-    "eos_token": "bt-peft's data preparation appends no eos (TRL's use of it), so it would change nothing",
+    "eos_token": "bt-peft's data preparation appends no eos, or with append_eos the eos of the tokenizer you pass "
+                 "(set its eos_token instead), so it would change nothing",
     "dataset_num_proc": "bt-peft prepares the pairs in one process (prepare_preference_dataset)",
 }
 """`RewardConfig` fields that TRL reads but bt-peft's trainer replaces: setting one raises instead of doing nothing."""
