@@ -15,45 +15,29 @@ from safetensors.torch import load_file
 
 TESTS = Path(__file__).resolve().parent
 
-# The child: 16 pairs, batch 4 (4 steps an epoch), 8 steps, a checkpoint every 3 steps, LoRA dropout on (TRL turns
-# dropout off by default; with it on, each step draws from the torch RNG, so the RNG state must be restored). It logs every batch it trains on; "crash" blocks inside step 5, after checkpoint-3; "resume" resumes
-# in the same directory; "full" runs uninterrupted in another (after "resume", in the same process: one import less).
+# The child (`resume_child.train_modes`): batch 4 (4 steps an epoch), 8 steps, a checkpoint every 3 steps. It logs
+# every batch it trains on; "crash" blocks inside step 5, after checkpoint-3; "resume" resumes in the same directory;
+# "full" runs uninterrupted in another (after "resume", in the same process: one import less).
 SCRIPT = """
-import hashlib, json, sys, time
+import sys, time
 from pathlib import Path
-import torch
 sys.path.insert(0, {tests!r})
-from conftest import preference_rows
-from datasets import Dataset
-from bt_peft import BradleyTerryRewardConfig, BradleyTerryRewardTrainer, load_qlora_model
+from resume_child import log_batch, train_modes
+from bt_peft import BradleyTerryRewardTrainer
 
 model_dir, output, modes = sys.argv[1], Path(sys.argv[2]), sys.argv[3:]
-torch.set_num_threads(1)
 
 
 class Recording(BradleyTerryRewardTrainer):
     def training_step(self, model, inputs, num_items_in_batch=None):
-        digest = hashlib.sha256(inputs["input_ids"].numpy().tobytes()).hexdigest()
-        with open(output / f"batches-{{self.mode}}.jsonl", "a") as log:
-            log.write(json.dumps([self.state.global_step, digest]) + "\\n")
+        log_batch(output / f"batches-{{self.mode}}.jsonl", self.state.global_step, inputs)
         if self.mode == "crash" and self.state.global_step == 4:
             (output / "blocked").touch()
             time.sleep(600)
         return super().training_step(model, inputs, num_items_in_batch)
 
 
-for mode in modes:
-    torch.manual_seed(0)
-    model, tokenizer = load_qlora_model(model_dir, compute_dtype=torch.float32, lora_dropout=0.1)
-    args = BradleyTerryRewardConfig(
-        output_dir=str(output / ("run-full" if mode == "full" else "run")), per_device_train_batch_size=4, max_steps=8,
-        learning_rate=5e-3, bf16=False, report_to=[], save_strategy="steps", save_steps=3, max_length=64, seed=0,
-        disable_tqdm=True, disable_dropout=False, **{batches})
-    trainer = Recording(model=model, args=args, train_dataset=Dataset.from_list(preference_rows()),
-                        processing_class=tokenizer)
-    trainer.mode = mode
-    trainer.train(resume_from_checkpoint=(mode == "resume") or None)
-    trainer.save_model(str(output / f"final-{{mode}}"))
+train_modes(Recording, model_dir, output, modes, per_device_train_batch_size=4, **{batches})
 """
 
 

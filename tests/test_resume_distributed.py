@@ -26,30 +26,25 @@ TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
 DDP_CPU = ROOT / "recipes" / "accelerate" / "ddp_cpu.yaml"
 
-# 16 pairs, 2 per process (4 steps an epoch), 8 steps, a checkpoint every 3 steps. Each process records its pid (the
-# launcher starts them in sessions of their own: killing it leaves them running) and logs every batch it trains on.
-# "crash": process 1 blocks inside its RNG save of checkpoint-6 (process 0 marks each checkpoint save it finished);
-# "resume" resumes in the same directory; "full" runs uninterrupted in another.
+# The child (`resume_child.train_modes`): 2 pairs per process (4 steps an epoch), 8 steps, a checkpoint every 3
+# steps. Each process records its pid (the launcher starts them in sessions of their own: killing it leaves them
+# running) and logs every batch it trains on. "crash": process 1 blocks inside its RNG save of checkpoint-6 (process 0
+# marks each checkpoint save it finished); "resume" resumes in the same directory; "full" runs uninterrupted in another.
 SCRIPT = """
-import hashlib, json, os, sys, time
+import os, sys, time
 from pathlib import Path
-import torch
 sys.path.insert(0, {tests!r})
-from conftest import preference_rows
-from datasets import Dataset
-from bt_peft import BradleyTerryRewardConfig, BradleyTerryRewardTrainer, load_qlora_model
+from resume_child import log_batch, train_modes
+from bt_peft import BradleyTerryRewardTrainer
 
 model_dir, output, modes = sys.argv[1], Path(sys.argv[2]), sys.argv[3:]
-torch.set_num_threads(1)
 (output / "pids").mkdir(exist_ok=True)
 (output / "pids" / str(os.getpid())).touch()
 
 
 class Recording(BradleyTerryRewardTrainer):
     def training_step(self, model, inputs, num_items_in_batch=None):
-        digest = hashlib.sha256(inputs["input_ids"].numpy().tobytes()).hexdigest()
-        with open(output / f"batches-{{self.mode}}-{{self.args.process_index}}.jsonl", "a") as log:
-            log.write(json.dumps([self.state.global_step, digest]) + "\\n")
+        log_batch(output / f"batches-{{self.mode}}-{{self.args.process_index}}.jsonl", self.state.global_step, inputs)
         return super().training_step(model, inputs, num_items_in_batch)
 
     def _save_rng_state(self, output_dir):
@@ -64,18 +59,7 @@ class Recording(BradleyTerryRewardTrainer):
             (output / f"saved-{{self.mode}}-{{self.state.global_step}}").touch()
 
 
-for mode in modes:
-    torch.manual_seed(0)
-    model, tokenizer = load_qlora_model(model_dir, compute_dtype=torch.float32, lora_dropout=0.1)
-    args = BradleyTerryRewardConfig(
-        output_dir=str(output / ("run-full" if mode == "full" else "run")), per_device_train_batch_size=2, max_steps=8,
-        learning_rate=5e-3, bf16=False, use_cpu=True, report_to=[], save_strategy="steps", save_steps=3,
-        max_length=64, seed=0, disable_tqdm=True, disable_dropout=False)
-    trainer = Recording(model=model, args=args, train_dataset=Dataset.from_list(preference_rows()),
-                        processing_class=tokenizer)
-    trainer.mode = mode
-    trainer.train(resume_from_checkpoint=(mode == "resume") or None)
-    trainer.save_model(str(output / f"final-{{mode}}"))
+train_modes(Recording, model_dir, output, modes, per_device_train_batch_size=2, use_cpu=True)
 """
 
 
