@@ -7,7 +7,7 @@ It builds a random Llama causal LM from a config (the embedded SmolLM2 tokenizer
 bf16 safetensors in a temporary directory (in a subprocess, so that building it costs this process nothing), then runs
 the recipe (`bt_peft.recipe.main`, which `recipes/qlora_llama3.py` runs) in this process: load in 4-bit, train a
 few steps (evaluating before and after), save the adapter, score the check pairs, merge (the exact NF4 route in bf16,
-as `llama3_8b_hh.yaml`), check the merge, write the card. A thread samples the RSS every 20 ms;
+as `llama3_8b_hh.yaml`), check the merge, write the card and the scalar export. A thread samples the RSS every 20 ms;
 the phases are marked by wrapping the public functions and trainer methods the recipe and its finisher call. It
 prints, per phase, the RSS at its start, its peak, and how much the peak exceeds the RSS at the end of training, also
 as a multiple of the model's bf16 size (goal: at most 0.4 for every phase after training), and the Llama-3-8B
@@ -100,7 +100,8 @@ def instrument(recipe, finish, sampler: RssSampler) -> None:
     finish.score = marked(sampler, "score trained", finish.score, after="release trained model")
     finish.merge_and_save = marked(sampler, "merge", finish.merge_and_save, after="between")
     finish.compare_with_merged = marked(sampler, "check", finish.compare_with_merged, after="summary")
-    finish.write_model_card = marked(sampler, "card", finish.write_model_card, after="end")
+    finish.write_model_card = marked(sampler, "card", finish.write_model_card, after="between")
+    finish.export_reward_model = marked(sampler, "scalar export", finish.export_reward_model, after="end")
     trainer_class = recipe.BradleyTerryRewardTrainer
 
     class MarkedTrainer(trainer_class):

@@ -10,7 +10,7 @@ Any field of the YAML can be overridden on the command line, e.g. `--learning_ra
 this file to adapt the flow (`python my_recipe.py --config ...` runs the copy).
 
 Writes `<output_dir>/adapter` (adapter, head, tokenizer), `<output_dir>/merged` (a plain 2-label checkpoint with its
-model card), with `--export_scalar true` `<output_dir>/scalar` (the 1-label export of `bt-peft export`) and
+model card), `<output_dir>/scalar` (the 1-label export of `bt-peft export`; `--export_scalar false` skips it) and
 `<output_dir>/summary.json`: eval accuracy/loss before and after training, train seconds, and the rewards that the
 merged checkpoint, loaded with plain transformers, gives a few dev pairs next to the trained model's.
 """

@@ -51,6 +51,10 @@ def test_recipe_trains_evaluates_merges_and_scores(tiny_llama_dir, tmp_path):
     with torch.no_grad():
         reward = bt_reward(merged(**tokenizer(first["prompt"] + first["chosen"], return_tensors="pt")).logits)
     assert abs(reward.item() - summary["scored_pairs"][0]["chosen_reward"]) <= 1e-5
+    scalar = AutoModelForSequenceClassification.from_pretrained(tmp_path / "out" / "scalar")  # written by default
+    with torch.no_grad():
+        scalar_reward = scalar(**tokenizer(first["prompt"] + first["chosen"], return_tensors="pt")).logits
+    assert scalar.config.num_labels == 1 and abs(scalar_reward[0, 0].item() - reward.item()) <= 1e-5
 
 
 def test_demo_data_is_bundled_with_the_package():

@@ -28,8 +28,8 @@ class BradleyTerryScriptArguments(ScriptArguments):
         default=False, metadata={"help": "merge into the dequantized NF4 base (exact rewards)"}
     )
     export_scalar: bool = field(
-        default=False, metadata={"help": "also write <output_dir>/scalar: the 1-label export (bt-peft export) for TRL "
-                                 "GRPO/RLOO, OpenRLHF, vLLM"}
+        default=True, metadata={"help": "also write <output_dir>/scalar: the 1-label export (bt-peft export) for TRL "
+                                "GRPO/RLOO, OpenRLHF, vLLM, RewardBench 2 (false: the 2-label merge only)"}
     )
     num_score_examples: int = field(
         default=4, metadata={"help": "evaluation pairs scored with the merged checkpoint (0: no merge check)"}
