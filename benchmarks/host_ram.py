@@ -5,12 +5,13 @@
 
 It builds a random Llama causal LM from a config (the embedded SmolLM2 tokenizer, 49,152 tokens), saves it as
 bf16 safetensors in a temporary directory (in a subprocess, so that building it costs this process nothing), then runs
-the recipe (`bt_peft.recipe.main`, the same file as `recipes/qlora_llama3.py`) in this process: load in 4-bit, train a
+the recipe (`bt_peft.recipe.main`, which `recipes/qlora_llama3.py` runs) in this process: load in 4-bit, train a
 few steps (evaluating before and after), save the adapter, score the check pairs, merge (the exact NF4 route in bf16,
-as `llama3_8b_hh.yaml`), check the merge, write the card. A thread samples the RSS every 20 ms; the phases are marked
-by wrapping the public functions and trainer methods the recipe calls. It prints, per phase, the RSS at its start,
-its peak, and how much the peak exceeds the RSS at the end of training, also as a multiple of the model's bf16 size
-(goal: at most 0.4 for every phase after training), and the Llama-3-8B extrapolation.
+as `llama3_8b_hh.yaml`), check the merge, write the card and the scalar export. A thread samples the RSS every 20 ms;
+the phases are marked by wrapping the public functions and trainer methods the recipe and its finisher call. It
+prints, per phase, the RSS at its start, its peak, and how much the peak exceeds the RSS at the end of training, also
+as a multiple of the model's bf16 size (goal: at most 0.4 for every phase after training), and the Llama-3-8B
+extrapolation.
 """
 
 import argparse
@@ -92,13 +93,15 @@ def marked(sampler: RssSampler, phase: str, function, after: str | None = None):
     return wrapper
 
 
-def instrument(recipe, sampler: RssSampler) -> None:
-    """Mark the phases of `recipe.main` by wrapping what it calls, in its own namespace (the recipe is unchanged)."""
+def instrument(recipe, finish, sampler: RssSampler) -> None:
+    """Mark the phases of `recipe.main` by wrapping what it and `RunFinisher.finish` call, in their own namespaces
+    (the modules are unchanged)."""
     recipe.load_qlora_model = marked(sampler, "load", recipe.load_qlora_model, after="data + trainer setup")
-    recipe.score = marked(sampler, "score trained", recipe.score, after="release trained model")
-    recipe.merge_and_save = marked(sampler, "merge", recipe.merge_and_save, after="between")
-    recipe.compare_with_merged = marked(sampler, "check", recipe.compare_with_merged, after="summary")
-    recipe.write_model_card = marked(sampler, "card", recipe.write_model_card, after="end")
+    finish.score = marked(sampler, "score trained", finish.score, after="release trained model")
+    finish.merge_and_save = marked(sampler, "merge", finish.merge_and_save, after="between")
+    finish.compare_with_merged = marked(sampler, "check", finish.compare_with_merged, after="summary")
+    finish.write_model_card = marked(sampler, "card", finish.write_model_card, after="between")
+    finish.export_reward_model = marked(sampler, "scalar export", finish.export_reward_model, after="end")
     trainer_class = recipe.BradleyTerryRewardTrainer
 
     class MarkedTrainer(trainer_class):
@@ -129,11 +132,12 @@ def main() -> None:
 
         import torch
 
+        import bt_peft.finish as finish
         import bt_peft.recipe as recipe
 
         torch.set_num_threads(2)
         sampler = RssSampler()
-        instrument(recipe, sampler)
+        instrument(recipe, finish, sampler)
         sampler.start()
         sampler.mark("imports")
         argv = [f"--model_name_or_path={base}", "--dtype=bfloat16", "--dataset_name=bt_peft:demo",

@@ -11,13 +11,16 @@ from typing import TYPE_CHECKING, Any
 
 _PUBLIC = {
     "AutoModelForBradleyTerry": "modeling",
+    "BradleyTerryModelConfig": "training.model_config",
     "BradleyTerryRewardConfig": "training.config",
     "BradleyTerryRewardTrainer": "training.trainer",
+    "BradleyTerryScriptArguments": "training.script_arguments",
     "MemoryPlan": "training.planning",
     "NonFiniteLossError": "training.guards",
     "PackedPairCollator": "training.packing",
     "PickleCheckpointError": "safe_loading",
     "PreferenceDataError": "data",
+    "RunFinisher": "finish",
     "TrainingSetupError": "validation",
     "add_lora": "training.qlora",
     "bradley_terry_loss": "loss",
@@ -28,11 +31,13 @@ _PUBLIC = {
     "load_preference_file": "data",
     "load_qlora_model": "training.qlora",
     "load_reward_model": "quantization",
+    "load_split": "data",
     "merge_and_save": "export.merge",
     "plan_memory": "training.planning",
     "plot_evaluation": "evaluation.plots",
     "prepare_preference_dataset": "data",
     "push_to_hub": "export.model_card",
+    "resolve_model": "embedded",
     "score": "evaluation.scoring",
     "score_ids": "evaluation.scoring",
     "write_model_card": "export.model_card",
@@ -56,7 +61,8 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # what static tools and IDEs see; at run time the names come from `__getattr__`
-    from .data import PreferenceDataError, load_preference_file, prepare_preference_dataset
+    from .data import PreferenceDataError, load_preference_file, load_split, prepare_preference_dataset
+    from .embedded import resolve_model
     from .evaluation.loading import load_for_scoring
     from .evaluation.metrics import evaluate_pairs
     from .evaluation.plots import plot_evaluation
@@ -64,6 +70,7 @@ if TYPE_CHECKING:  # what static tools and IDEs see; at run time the names come 
     from .export.merge import merge_and_save
     from .export.model_card import push_to_hub, write_model_card
     from .export.reward_export import export_reward_model
+    from .finish import RunFinisher
     from .loss import bradley_terry_loss
     from .modeling import AutoModelForBradleyTerry
     from .quantization import load_reward_model
@@ -71,8 +78,10 @@ if TYPE_CHECKING:  # what static tools and IDEs see; at run time the names come 
     from .safe_loading import PickleCheckpointError
     from .training.config import BradleyTerryRewardConfig
     from .training.guards import NonFiniteLossError
+    from .training.model_config import BradleyTerryModelConfig
     from .training.packing import PackedPairCollator
     from .training.planning import MemoryPlan, plan_memory
     from .training.qlora import add_lora, load_qlora_model
+    from .training.script_arguments import BradleyTerryScriptArguments
     from .training.trainer import BradleyTerryRewardTrainer
     from .validation import TrainingSetupError

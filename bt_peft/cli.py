@@ -8,7 +8,7 @@
     bt-peft serve outputs/demo-smollm2/merged --port 5000
 
 Each subcommand's options are a dataclass parsed by `transformers.HfArgumentParser` (help from the field metadata);
-`train` hands its arguments to the recipe's `TrlParser` (`bt_peft.recipe.main`, i.e. `recipes/qlora_llama3.py`).
+`train` hands its arguments to the recipe's `TrlParser` (`bt_peft.recipe.main`, which `recipes/qlora_llama3.py` runs).
 Nothing heavy is imported before a subcommand runs (torch, TRL, peft, matplotlib are imported inside `run_*`), so
 `bt-peft --help` and `bt-peft <command> --help` answer at once; `bt-peft train --help` prints `train_help.txt`, the
 recipe parser's help written by `scripts/train_help.py` (checked against the live parser by the tests), because
@@ -312,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
         "train",
         add_help=False,
         help="train, evaluate and merge with a YAML config and flag overrides (the recipe); see `bt-peft train --help`",
-        description="Runs recipes/qlora_llama3.py: --config FILE.yaml plus any field as a flag (--max_steps 20).",
+        description="Runs the recipe (bt_peft.recipe): --config FILE.yaml plus any field as a flag (--max_steps 20).",
     )
     train.set_defaults(run=run_train)
 

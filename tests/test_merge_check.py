@@ -11,8 +11,6 @@ from bt_peft import merge_and_save, score
 from bt_peft.evaluation.merge_check import checkpoint_bytes, compare_with_merged, merged_memory_budget, pair_texts
 from conftest import preference_rows, write_preference_splits
 
-RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "qlora_llama3.py"
-
 
 @pytest.fixture(scope="module")
 def exact_merge(trained, tmp_path_factory):
@@ -54,12 +52,13 @@ def test_compare_refuses_rewards_that_do_not_match_the_texts(exact_merge):
 def test_recipe_writes_summary_and_card_when_the_check_fails(tiny_llama_dir, tmp_path, monkeypatch):
     """Whatever happens to the check (here the host runs out of memory), the outputs of hours of training are written,
     the summary says what happened, and the run then ends with the check's error."""
+    import bt_peft.finish as finish
     import bt_peft.recipe as recipe
 
     def out_of_memory(*args, **kwargs):
         raise MemoryError("no room for the merged model")
 
-    monkeypatch.setattr(recipe, "compare_with_merged", out_of_memory)
+    monkeypatch.setattr(finish, "compare_with_merged", out_of_memory)
     data = write_preference_splits(tmp_path, preference_rows())
     output = tmp_path / "out"
     argv = [f"--model_name_or_path={tiny_llama_dir}", "--dtype=float32", f"--dataset_name={data}",

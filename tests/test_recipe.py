@@ -1,5 +1,7 @@
-"""The recipe end to end, as a user runs it: a real subprocess over a YAML config; the data sets it reads."""
+"""The recipe end to end, as a user runs it: a real subprocess over a YAML config; the data sets it reads; the
+recipe's form (a real module of public names) and its end (`RunFinisher`)."""
 
+import ast
 import json
 import signal
 import subprocess
@@ -7,13 +9,17 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, TrainerControl, TrainerState
 
-from bt_peft import bt_reward
-from bt_peft.data import DEMO_DATA, load_split
-from conftest import preference_rows, write_preference_splits
+import bt_peft
+from bt_peft import (BradleyTerryModelConfig, BradleyTerryScriptArguments, RunFinisher, bt_reward, load_qlora_model,
+                     load_split)
+from bt_peft.data import DEMO_DATA
+from bt_peft.finish import release_weights
+from conftest import fp32_args, preference_rows, write_preference_splits
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "qlora_llama3.py"
 
@@ -45,6 +51,10 @@ def test_recipe_trains_evaluates_merges_and_scores(tiny_llama_dir, tmp_path):
     with torch.no_grad():
         reward = bt_reward(merged(**tokenizer(first["prompt"] + first["chosen"], return_tensors="pt")).logits)
     assert abs(reward.item() - summary["scored_pairs"][0]["chosen_reward"]) <= 1e-5
+    scalar = AutoModelForSequenceClassification.from_pretrained(tmp_path / "out" / "scalar")  # written by default
+    with torch.no_grad():
+        scalar_reward = scalar(**tokenizer(first["prompt"] + first["chosen"], return_tensors="pt")).logits
+    assert scalar.config.num_labels == 1 and abs(scalar_reward[0, 0].item() - reward.item()) <= 1e-5
 
 
 def test_demo_data_is_bundled_with_the_package():
@@ -101,3 +111,55 @@ def test_recipe_killed_after_a_checkpoint_resumes_to_the_uninterrupted_result(ti
                                      for path in (killed_dir, full_dir))
     assert resumed_adapter.keys() == full_adapter.keys()
     assert all(torch.equal(resumed_adapter[key], full_adapter[key]) for key in full_adapter)
+
+
+def test_the_recipe_is_one_module_of_public_names_that_the_script_runs():
+    """`bt_peft/recipe.py` is the flow (no link), `recipes/qlora_llama3.py` runs it, and every bt-peft name the recipe
+    imports is public, so a copy of the file runs outside the package."""
+    import bt_peft.recipe as recipe
+
+    path = Path(recipe.__file__)
+    assert not path.is_symlink() and path.resolve().parent == Path(bt_peft.__file__).resolve().parent
+    imported = [(node.module, alias.name) for node in ast.walk(ast.parse(path.read_text()))
+                if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("bt_peft") for alias in node.names]
+    assert imported and all(module == "bt_peft" and name in bt_peft.__all__ for module, name in imported), imported
+    script = ast.parse(RECIPE.read_text())
+    assert [(node.module, [alias.name for alias in node.names]) for node in script.body
+            if isinstance(node, (ast.Import, ast.ImportFrom))] == [("bt_peft.recipe", ["main"])]
+
+
+def finisher_of(output_dir: Path, **script_settings) -> RunFinisher:
+    script_args = BradleyTerryScriptArguments(dataset_name="bt_peft:demo", **script_settings)
+    return RunFinisher(script_args, fp32_args(output_dir), BradleyTerryModelConfig(model_name_or_path="unused"))
+
+
+def test_finisher_evaluates_before_training_unless_resumed_from_an_evaluated_checkpoint(tmp_path):
+    finisher, args = finisher_of(tmp_path), fp32_args(tmp_path)
+    finisher.on_train_begin(args, TrainerState(), TrainerControl())
+    assert args.eval_on_start and finisher.start_step == 0
+    evaluated = TrainerState(global_step=4, log_history=[{"eval_loss": 0.7, "step": 0}, {"loss": 0.6, "step": 4}])
+    finisher.on_train_begin(args, evaluated, TrainerControl())
+    assert not args.eval_on_start and finisher.start_step == 4
+    with pytest.raises(ValueError, match="resuming at step 4: the checkpoint's log history has no evaluation before"):
+        finisher.on_train_begin(args, TrainerState(global_step=4, log_history=[{"loss": 0.6, "step": 4}]),
+                                TrainerControl())
+
+
+def test_finisher_refuses_existing_outputs_before_training_and_a_trainer_it_did_not_watch(trained, tmp_path):
+    (tmp_path / "scalar").mkdir()
+    (tmp_path / "scalar" / "config.json").write_text("{}")
+    with pytest.raises(FileExistsError, match="scalar is not empty"):
+        finisher_of(tmp_path, export_scalar=True)
+    finisher = finisher_of(tmp_path, export_scalar=False)
+    trainer, _ = trained
+    with pytest.raises(ValueError, match=r"did not have this finisher among its callbacks \(callbacks=\[finisher\]\)"):
+        finisher.finish(trainer, load_split(DEMO_DATA, "dev", 2))
+
+
+def test_release_weights_frees_a_4bit_model_that_is_still_referenced(tiny_llama_dir):
+    model, _ = load_qlora_model(tiny_llama_dir, compute_dtype=torch.float32)
+    dtypes = [param.dtype for param in model.parameters()]
+    assert sum(param.numel() for param in model.parameters()) > 0
+    release_weights(model)
+    assert sum(tensor.numel() for tensor in [*model.parameters(), *model.buffers()]) == 0
+    assert [param.dtype for param in model.parameters()] == dtypes

@@ -16,7 +16,7 @@ from transformers import BartConfig, LlamaForSequenceClassification
 from bt_peft import BradleyTerryRewardTrainer, load_qlora_model
 from bt_peft import recipe
 from bt_peft.validation import TrainingSetupError, check_4bit_support, validate_training_setup
-from conftest import build_tokenizer, fp32_args, preference_rows, tiny_llama_config
+from conftest import build_tokenizer, fp32_args, preference_rows, tiny_llama_config, write_preference_splits
 
 LLAMA_LINEAR = "down_proj, gate_proj, k_proj, o_proj, q_proj, score, up_proj, v_proj"
 
@@ -126,8 +126,12 @@ def test_4bit_without_bitsandbytes_is_refused_before_loading(config_only_dir, mo
         load_qlora_model(config_only_dir)
 
 
-def test_recipe_validates_before_loading(config_only_dir, tmp_path):
-    argv = ["--model_name_or_path", str(config_only_dir), "--dtype", "float32", "--dataset_name", str(tmp_path / "no-data"),
+def test_recipe_validates_before_training(tiny_llama_dir, tmp_path):
+    """The recipe validates once, in the trainer: before the first step, after loading (`load_qlora_model` checks
+    the model before reading weights, the trainer the training settings)."""
+    argv = ["--model_name_or_path", str(tiny_llama_dir), "--dtype", "float32", "--dataset_name",
+            str(write_preference_splits(tmp_path, preference_rows(1))), "--dataset_test_split", "dev",
             "--output_dir", str(tmp_path / "out"), "--fp16", "true", "--use_cpu", "true", "--report_to", "none"]
     with pytest.raises(TrainingSetupError, match="fp16=True needs a CUDA GPU, but use_cpu=True"):
         recipe.main(argv)
+    assert not (tmp_path / "out").exists()
