@@ -12,10 +12,17 @@ Sections (each guarded: one that fails prints FAIL with its error and the others
     merge       the exact merge (`from_4bit=True`) with its NF4 round trip on the CPU and on CUDA: max abs difference
                 of the merged weights and of the rewards of the two merged checkpoints
     vram        peak VRAM of QLoRA training of a Llama-3-8B-shaped model at 1,024- and 2,048-token pairs, batch 1,
-                against `plan_memory` (goal: within 10 %) and the goals (<= 6.0 / <= 7.5 GiB). Measured on the 8B
+                packed and padded, each against `plan_memory` of the same layout (goal: within 10 %) and the goals
+                (<= 6.0 / <= 7.5 GiB). Measured on the 8B
                 shape with 2 and 4 decoder layers (random bf16 weights; embedding, vocab and widths as in 8B) and
                 extrapolated linearly to 32 layers (weights and checkpointed activations grow by layer; the
                 plan is made for the same layer counts and compared directly, then for 32)
+    zero3       DeepSpeed ZeRO-3 switched on as the training arguments do it: `load_qlora_model` puts the 4-bit model
+                on the process's GPU without a device_map, DeepSpeed partitions it, one step equals the unpartitioned
+                model's (tests/zero3_check.py under torchrun; issue 20 item 1)
+    serve-memory  a bf16 checkpoint (8B shape, 2 layers) loaded as `bt-peft serve` loads it by default: in bf16, at
+                its bf16 size; the serving forward of 16 x 1,024 tokens returns no KV cache, its peak beside a
+                forward with one (issue 20 items 2 and 3)
     throughput  pairs/s of stock `trl.RewardTrainer` + peft (arm a of benchmarks/throughput.py) vs ours
                 (`BradleyTerryRewardTrainer` defaults, arm d), same model, HH pairs, batch and steps, one run each
     serve       benchmarks/serve.py on a 2-label checkpoint of the random small Llama (random head): texts/s of
@@ -54,7 +61,7 @@ sys.path[:0] = IMPORT_PATHS  # bt_peft from this tree; the tests' and benchmarks
 
 import torch  # noqa: E402
 
-SECTIONS = ("packing", "defect3", "merge", "vram", "throughput", "serve", "recipe")
+SECTIONS = ("packing", "defect3", "merge", "vram", "zero3", "serve-memory", "throughput", "serve", "recipe")
 SMALL_SHAPE = dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
                    num_key_value_heads=3, max_position_embeddings=2048, tie_word_embeddings=True)
 """SmolLM2-135M's shape (its vocabulary aside)."""
@@ -236,10 +243,11 @@ def check_merge(ctx: Context) -> list[Row]:
 
 
 def check_vram(ctx: Context) -> list[Row]:
-    """Peak VRAM at 2 and 4 layers of the 8B shape, extrapolated to 32 (the tiny shape at 1 and 2 layers on the CPU)."""
+    """Peak VRAM at 2 and 4 layers of the 8B shape, extrapolated to 32 (the tiny shape at 1 and 2 layers on the CPU),
+    in both batch layouts, each planned as it is trained (`gpu_memory.LAYOUTS`)."""
     import gc
 
-    from gpu_memory import GOALS_GIB, PROMPT_FRACTION, benchmark_config, run_length, save_random_checkpoint
+    from gpu_memory import GOALS_GIB, LAYOUTS, PROMPT_FRACTION, benchmark_config, run_length, save_random_checkpoint
 
     from bt_peft import load_qlora_model, plan_memory
 
@@ -252,37 +260,143 @@ def check_vram(ctx: Context) -> list[Row]:
         config.num_hidden_layers = layers
         checkpoint = save_random_checkpoint(config, ctx.work / f"vram-{layers}-layers")
         for length in lengths:
-            model, tokenizer = load_qlora_model(checkpoint, compute_dtype=ctx.dtype, attn_implementation="sdpa",
-                                                device_map={"": 0} if not ctx.smoke else {"": "cpu"})
-            result = run_length(model, tokenizer, length, 1, 3, ctx.work / f"vram-run-{layers}-{length}", not ctx.smoke)
-            del model
-            gc.collect()
-            plan = plan_memory(config, batch_size=1, pair_length=length, packing=False, prompt_fraction=PROMPT_FRACTION,
-                               compute_dtype=ctx.dtype).peak_allocated / 2**30
-            measured[layers, length] = result["peak_gib"]
-            if result["peak_gib"] is None:
-                rows.append(Row("vram", f"{layers} layers, {length}-token pairs", f"ran (plan {plan:.3f} GiB)",
-                                "n/a on the CPU", "INFO"))
-            else:
-                ratio = result["peak_gib"] / plan
-                rows.append(Row("vram", f"{layers} layers, {length}-token pairs",
-                                f"{result['peak_gib']:.2f} GiB, plan {plan:.2f} ({ratio:.0%})",
-                                f"plan +-{PLAN_TOLERANCE:.0%}", verdict(abs(ratio - 1) <= PLAN_TOLERANCE)))
+            for layout, packing in LAYOUTS.items():
+                model, tokenizer = load_qlora_model(checkpoint, compute_dtype=ctx.dtype, attn_implementation="sdpa",
+                                                    device_map={"": 0} if not ctx.smoke else {"": "cpu"})
+                result = run_length(model, tokenizer, length, 1, 3, ctx.work / f"vram-run-{layers}-{length}-{layout}",
+                                    not ctx.smoke, packing)
+                del model
+                gc.collect()
+                plan = plan_memory(config, batch_size=1, pair_length=length, packing=packing,
+                                   prompt_fraction=PROMPT_FRACTION, compute_dtype=ctx.dtype).peak_allocated / 2**30
+                measured[layers, length, layout] = result["peak_gib"]
+                name = f"{layers} layers, {length}-token pairs, {layout}"
+                if result["peak_gib"] is None:
+                    rows.append(Row("vram", name, f"ran (plan {plan:.3f} GiB)", "n/a on the CPU", "INFO"))
+                else:
+                    ratio = result["peak_gib"] / plan
+                    rows.append(Row("vram", name, f"{result['peak_gib']:.2f} GiB, plan {plan:.2f} ({ratio:.0%})",
+                                    f"plan +-{PLAN_TOLERANCE:.0%}", verdict(abs(ratio - 1) <= PLAN_TOLERANCE)))
     if ctx.smoke:
         return rows
     low, high = layer_counts
     for length in lengths:
-        per_layer = (measured[high, length] - measured[low, length]) / (high - low)
-        extrapolated = measured[low, length] + per_layer * (FULL_LAYERS - low)
-        plan = plan_memory(full, batch_size=1, pair_length=length, packing=False, prompt_fraction=PROMPT_FRACTION,
-                           compute_dtype=ctx.dtype).peak_allocated / 2**30
-        ratio, goal = extrapolated / plan, GOALS_GIB[length]
-        rows.append(Row("vram", f"8B ({FULL_LAYERS} layers, extrapolated), {length} vs plan",
-                        f"{extrapolated:.2f} GiB, plan {plan:.2f} ({ratio:.0%})", f"plan +-{PLAN_TOLERANCE:.0%}",
-                        verdict(abs(ratio - 1) <= PLAN_TOLERANCE)))
-        rows.append(Row("vram", f"8B ({FULL_LAYERS} layers, extrapolated), {length} vs goal",
-                        f"{extrapolated:.2f} GiB", f"<= {goal} GiB", verdict(extrapolated <= goal)))
+        for layout, packing in LAYOUTS.items():
+            per_layer = (measured[high, length, layout] - measured[low, length, layout]) / (high - low)
+            extrapolated = measured[low, length, layout] + per_layer * (FULL_LAYERS - low)
+            plan = plan_memory(full, batch_size=1, pair_length=length, packing=packing, prompt_fraction=PROMPT_FRACTION,
+                               compute_dtype=ctx.dtype).peak_allocated / 2**30
+            ratio, goal = extrapolated / plan, GOALS_GIB[length]
+            name = f"8B ({FULL_LAYERS} layers, extrapolated), {length}, {layout}"
+            rows.append(Row("vram", f"{name} vs plan", f"{extrapolated:.2f} GiB, plan {plan:.2f} ({ratio:.0%})",
+                            f"plan +-{PLAN_TOLERANCE:.0%}", verdict(abs(ratio - 1) <= PLAN_TOLERANCE)))
+            rows.append(Row("vram", f"{name} vs goal", f"{extrapolated:.2f} GiB", f"<= {goal} GiB",
+                            verdict(extrapolated <= goal)))
     return rows
+
+
+def check_zero3(ctx: Context) -> list[Row]:
+    """Issue 20 item 1: tests/zero3_check.py under torchrun: ZeRO-3 switched on by training arguments, the 4-bit small
+    Llama loaded by `load_qlora_model` (no device_map: ZeRO-3 refuses one) onto the process's GPU, partitioned by
+    DeepSpeed, one step against the unpartitioned model. One process on the GPU (`--cpu-smoke`: 2 CPU processes)."""
+    import importlib.util
+
+    if importlib.util.find_spec("deepspeed") is None:
+        if ctx.smoke:
+            return [Row("zero3", "ZeRO-3 load", "deepspeed is not installed (pip install -e '.[test]')", "", "INFO")]
+        raise ImportError("deepspeed is not installed: benchmarks/prepare_gpu_bundle.sh bundles it")
+    processes = 2 if ctx.smoke else 1
+    report_path = ctx.work / "zero3.json"
+    run_child([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
+               str(ROOT / "tests" / "zero3_check.py"), str(small_model(ctx)), str(report_path)], ctx, "zero3", timeout=600)
+    report = json.loads(report_path.read_text())
+    weights = report["four_bit"]
+    partitioned = sum(weight["local"] == -(-weight["full"] // processes) for weight in weights)
+    loaded = report["zero3_enabled"] and report["device"].startswith(ctx.device) and partitioned == len(weights)
+    differences = max(report["max_abs_reward_diff"], report["max_rel_step_diff"])
+    return [Row("zero3", f"load_qlora_model under ZeRO-3, {processes} process(es)",
+                f"4-bit weights on {report['device']}, {partitioned}/{len(weights)} partitioned 1/{processes}",
+                f"on {ctx.device}", verdict(loaded)),
+            Row("zero3", "partitioned vs whole: rewards, one SGD step",
+                f"max diff {report['max_abs_reward_diff']:.1e}, rel {report['max_rel_step_diff']:.1e}", "<= 1e-4",
+                verdict(differences <= 1e-4))]
+
+
+def check_serve_memory(ctx: Context) -> list[Row]:
+    """Issue 20 items 3 and 2, the GPU side: a bf16 2-label checkpoint of the Llama-3-8B shape cut to 2 layers (random
+    weights) loaded as `bt-peft serve` loads it with its default settings (`ServeSettings()`): the weights' dtype and
+    the GPU memory they take; then the serving forward (`score_ids`) of 16 texts of 1,024 tokens: whether it returns
+    a KV cache, and its peak GPU memory above the weights beside the same forward with `use_cache=True`. On
+    `--cpu-smoke` (the tiny shape, 2 texts of 64 tokens) the same code reports what it sees, without a verdict."""
+    import gc
+
+    from gpu_memory import benchmark_config, save_random_checkpoint
+
+    from bt_peft import AutoModelForBradleyTerry
+    from bt_peft.evaluation.scoring import score_ids
+    from bt_peft.serving.model import load_served_model
+    from bt_peft.serving.settings import ServeSettings
+    from bt_peft.tokenizer import load_tokenizer
+
+    config = benchmark_config(ctx.smoke)
+    config.num_hidden_layers = 2
+    causal = save_random_checkpoint(config, ctx.work / "serve-memory-causal")
+    checkpoint = ctx.work / "serve-memory-reward"
+    model = AutoModelForBradleyTerry.from_pretrained(causal, dtype=torch.bfloat16)
+    tokenizer = load_tokenizer(causal)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    torch.manual_seed(0)
+    with torch.no_grad():
+        model.score.weight[1:].normal_(0.0, 0.5)
+    model.save_pretrained(checkpoint)
+    tokenizer.save_pretrained(checkpoint)
+    bf16_gib = sum(param.numel() for param in model.parameters()) * 2 / 2**30
+    del model
+    gc.collect()
+
+    settings = ServeSettings()
+    before = torch.cuda.memory_allocated() if not ctx.smoke else 0
+    model, tokenizer = load_served_model(str(checkpoint), settings.dtype, settings.device, settings.load_in_4bit)
+    weights_gib = (torch.cuda.memory_allocated() - before) / 2**30 if not ctx.smoke else None
+    body_dtype = model.get_input_embeddings().weight.dtype
+    device = str(next(model.parameters()).device)
+    texts, length = (2, 64) if ctx.smoke else (16, 1024)
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(4, config.vocab_size, (texts, length), generator=generator).tolist()
+    caches = []
+    hook = model.register_forward_hook(lambda module, args, output: caches.append(output.cache))
+
+    def peak_above_weights(forward: Callable[[], object]) -> float | None:
+        if ctx.smoke:
+            forward()
+            return None
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        baseline = torch.cuda.memory_allocated()
+        forward()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - baseline) / 2**30
+
+    served_peak = peak_above_weights(lambda: score_ids(model, tokenizer, ids, batch_size=texts))
+    served_cache = caches[-1]
+    batch = tokenizer.pad({"input_ids": ids}, return_tensors="pt").to(device)
+    with torch.no_grad():
+        cached_peak = peak_above_weights(lambda: model(**batch, use_cache=True))
+    hook.remove()
+    del model
+    gc.collect()
+    if ctx.smoke:
+        return [Row("serve-memory", "bf16 checkpoint, serve defaults", f"weights {body_dtype} on {device}",
+                    "n/a on the CPU", "INFO"),
+                Row("serve-memory", f"score_ids {texts} x {length}: KV cache",
+                    "none returned" if served_cache is None else "returned", "n/a on the CPU", "INFO")]
+    in_bf16 = body_dtype == torch.bfloat16 and weights_gib <= 1.05 * bf16_gib
+    return [Row("serve-memory", "bf16 checkpoint, serve defaults",
+                f"weights {body_dtype}, {weights_gib:.2f} GiB on {device} (bf16 size {bf16_gib:.2f})",
+                "bf16, <= 1.05x", verdict(in_bf16)),
+            Row("serve-memory", f"score_ids {texts} x {length}: KV cache",
+                f"{'none' if served_cache is None else 'returned'}; peak +{served_peak:.2f} GiB (with a cache "
+                f"+{cached_peak:.2f})", "none", verdict(served_cache is None))]
 
 
 def run_child(command: list[str], ctx: Context, name: str, timeout: int) -> subprocess.CompletedProcess:
@@ -374,7 +488,8 @@ def check_recipe(ctx: Context) -> list[Row]:
 
 CHECKS: dict[str, Callable[[Context], list[Row]]] = {
     "packing": check_packing, "defect3": check_defect3, "merge": check_merge, "vram": check_vram,
-    "throughput": check_throughput, "serve": check_serve, "recipe": check_recipe,
+    "zero3": check_zero3, "serve-memory": check_serve_memory, "throughput": check_throughput, "serve": check_serve,
+    "recipe": check_recipe,
 }
 
 

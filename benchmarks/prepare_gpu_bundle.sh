@@ -5,7 +5,9 @@
 # accelerate, safetensors, pandas, pyarrow, pytest, ... but no bitsandbytes, trl or datasets, and no package index.
 # This script, run where PyPI is reachable, downloads the pinned wheels for Python 3.12 / manylinux x86_64, installs
 # them into .gpu_bundle/site (no dependencies resolved: each one the machine lacks is named below), keeps only
-# bitsandbytes' CUDA 13 library, and copies a few hundred HH-RLHF pairs into .gpu_bundle/data. gpu_check.py puts
+# bitsandbytes' CUDA 13 library, and copies a few hundred HH-RLHF pairs into .gpu_bundle/data. DeepSpeed (gpu_check's
+# zero3 section) is on PyPI as a source archive only: its pure-Python wheel is built here and travels in
+# .gpu_bundle/wheels with transformers'. gpu_check.py puts
 # .gpu_bundle/site first on sys.path (and on its children's PYTHONPATH) when it is there.
 # bt-peft needs transformers 5.24 (5.17 lacks `Trainer.is_distributed_loading_by_transformers`, which the checkpoint
 # code checks): installed it takes 60 MiB, so its 13 MiB wheel travels in .gpu_bundle/wheels and is installed into
@@ -27,7 +29,10 @@ LIMIT_MIB=64
 # The versions the tests run with (pyproject.toml), the two pure-Python needs of datasets the machine lacks, and
 # bt-peft's serving extra (starlette, uvicorn) with their pure-Python needs, for gpu_check's serve section.
 SPECS=(bitsandbytes==0.50.2 trl==1.16.0 datasets==5.2.0 peft==0.21.2 dill==0.4.1 multiprocess==0.70.19
-       starlette==1.10.0 uvicorn==0.54.0 anyio==4.16.0 idna==3.20 click==8.5.1 h11==0.16.0)
+       starlette==1.10.0 uvicorn==0.54.0 anyio==4.16.0 idna==3.20 click==8.5.1 h11==0.16.0
+       hjson==3.1.0 py-cpuinfo==9.0.0 einops==0.8.2 msgpack==1.2.4 ninja==1.13.2 pydantic==2.14.4
+       pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5)
+DEEPSPEED=deepspeed==0.19.8
 INSTALL_THERE=(transformers==5.24.0)
 KEEP_LIBRARY=libbitsandbytes_cuda130.so
 PLATFORM=(--python-version 3.12 --implementation cp --abi cp312 --abi abi3 --abi none
@@ -51,6 +56,9 @@ rm -rf "$BUNDLE/wheels" "$BUNDLE/site/bin"
 
 step "Downloading ${INSTALL_THERE[*]} into $BUNDLE/wheels (installed on the GPU machine)"
 "$PYTHON" -m pip download -q --disable-pip-version-check --no-deps "${PLATFORM[@]}" -d "$BUNDLE/wheels" "${INSTALL_THERE[@]}"
+
+step "Building the wheel of $DEEPSPEED into $BUNDLE/wheels (installed on the GPU machine)"
+"$PYTHON" -m pip wheel -q --disable-pip-version-check --no-deps -w "$BUNDLE/wheels" "$DEEPSPEED"
 
 step "Keeping only bitsandbytes' $KEEP_LIBRARY (and its 64 KiB CPU library, for --cpu-smoke)"
 [[ -f "$BUNDLE/site/bitsandbytes/$KEEP_LIBRARY" ]] \

@@ -4,7 +4,8 @@ import functools
 import inspect
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable
 
@@ -13,6 +14,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, Pretrai
 
 from .safe_loading import load_adapter, safe_pretrained_kwargs
 from .tokenizer import eos_ids_of, load_tokenizer
+from .upstream import import_internal
 
 logger = logging.getLogger(__name__)
 
@@ -61,9 +63,23 @@ def head_of(model: torch.nn.Module) -> str:
     raise ValueError(f"{type(model).__name__} has none of the head attributes {HEAD_NAMES}")
 
 
+@contextmanager
+def meta_device() -> Iterator[None]:
+    """Build models on the meta device: their modules, keys and shapes, no weights.
+
+    Also under DeepSpeed ZeRO-3 (training arguments with a ZeRO-3 config), where transformers' `from_config` would
+    build the model inside `deepspeed.zero.Init` and then gather its empty weights to initialise them, which fails
+    ("Cannot copy out of meta tensor; no data!"): transformers' own marker that zero.Init is already taken care of
+    (`set_zero3_state`) skips it, as a meta model has nothing to partition.
+    """
+    zero_init_taken_care_of = import_internal("transformers", "transformers.modeling_utils", "set_zero3_state")
+    with torch.device("meta"), zero_init_taken_care_of():
+        yield
+
+
 def head_name(config: PretrainedConfig) -> str:
     """Name of the classification head of the architecture, found on the meta device (no weights)."""
-    with torch.device("meta"):
+    with meta_device():
         return head_of(AutoModelForSequenceClassification.from_config(config))
 
 

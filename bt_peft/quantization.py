@@ -1,11 +1,12 @@
 """4-bit loading of a reward model: the NF4 quantization of training, the head kept out of it in fp32, the device
-map, and the bitsandbytes CPU repacking switched off. Used by training, scoring and the exact merge alike."""
+map (none under DeepSpeed ZeRO-3), and the bitsandbytes CPU repacking switched off. Used by training, scoring and the exact merge alike."""
 
 import copy
 import os
 
 import torch
 from transformers import AutoConfig, BitsAndBytesConfig, PreTrainedModel
+from transformers.integrations import is_deepspeed_zero3_enabled
 
 from .modeling import AutoModelForBradleyTerry, head_name
 from .upstream import require_attributes
@@ -69,8 +70,17 @@ def nf4_device(device: str | torch.device | None = None) -> torch.device:
     return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
 
 
-def default_device_map() -> dict[str, int | str]:
-    """One whole model per process: this process's GPU when there is one, else the CPU."""
+def default_device_map() -> dict[str, int | str] | None:
+    """One whole model per process: this process's GPU when there is one, else the CPU.
+
+    None under DeepSpeed ZeRO-3 (`is_deepspeed_zero3_enabled`, set by training arguments with a ZeRO-3 config, e.g.
+    `accelerate launch --config_file recipes/accelerate/deepspeed_zero3.yaml`): transformers refuses any `device_map`
+    there ("DeepSpeed Zero-3 is not compatible with passing a `device_map`"). Without one, a 4-bit model goes where
+    bitsandbytes' quantizer puts it, this process's current GPU (accelerate sets it to the local rank) or the CPU,
+    and DeepSpeed shards it when the trainer prepares it; an unquantized model is built partitioned (`zero.Init`).
+    """
+    if is_deepspeed_zero3_enabled():
+        return None
     if torch.cuda.is_available():
         from accelerate import PartialState
 

@@ -14,6 +14,7 @@ PAD_CANDIDATES = (
     "<|finetune_right_pad_id|>",  # Llama-3.1 / 3.2 / 3.3
     "<|reserved_special_token_0|>",  # Llama-3 (3.0)
     "<|endoftext|>",  # SmolLM2 (its eos is <|im_end|>), Qwen2.5-Instruct
+    "<|vision_pad|>",  # Qwen2.5 base: its pad and eos are both <|endoftext|>; a text model never reads this one
     "<pad>",
     "[PAD]",
     "<unk>",

@@ -12,7 +12,7 @@ from peft import PeftConfig
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
 
 from .data import minimal_pair_length
-from .modeling import head_of, module_matches
+from .modeling import head_of, meta_device, module_matches
 from .upstream import import_internal
 
 
@@ -59,7 +59,7 @@ def check_4bit_support(device_type: str) -> None:
 def model_skeleton(model_name_or_path: str | os.PathLike, trust_remote_code: bool = False) -> torch.nn.Module:
     """The sequence-classification model of a checkpoint built from its config alone, on the meta device."""
     config = AutoConfig.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code)
-    with torch.device("meta"):
+    with meta_device():
         return AutoModelForSequenceClassification.from_config(config, trust_remote_code=trust_remote_code)
 
 

@@ -11,8 +11,13 @@ weights by up to 5e-3 and training without the gradient all-reduce moves them ~1
 
 FSDP-QLoRA: accelerate refuses FSDP without an accelerator, so `fsdp_shard_check.py` shards the 4-bit model with
 torch's FSDP under `torchrun` (2 CPU processes) as `recipes/accelerate/fsdp_qlora.yaml` configures it.
+
+DeepSpeed ZeRO-3: accelerate's DeepSpeed launcher wants an accelerator too, so `zero3_check.py` switches ZeRO-3 on
+with training arguments, loads the 4-bit model with `load_qlora_model` and partitions it with DeepSpeed's engine on
+its CPU accelerator, under `torchrun` (2 CPU processes).
 """
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -94,10 +99,13 @@ def test_two_ddp_processes_train_the_adapter_of_one(job, one_process, tmp_path, 
     assert len(summary["scored_pairs"]) == 2
 
 
-def test_fsdp_shards_the_4bit_weights_and_computes_what_one_process_does(tiny_llama_dir, tmp_path):
+@pytest.mark.parametrize("checkpointing", ["none", "non-reentrant", "reentrant"])
+def test_fsdp_shards_the_4bit_weights_and_computes_what_one_process_does(tiny_llama_dir, tmp_path, checkpointing):
+    """With either kind of activation checkpointing too (issue 20 item 14: the FSDP config uses non-reentrant,
+    peft's FSDP-QLoRA example reentrant)."""
     report_path = tmp_path / "fsdp.json"
     command = [str(BIN / "torchrun"), "--nproc_per_node", "2", str(ROOT / "tests" / "fsdp_shard_check.py"),
-               str(tiny_llama_dir), str(report_path)]
+               str(tiny_llama_dir), str(report_path), checkpointing]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-5000:]
     report = json.loads(report_path.read_text())
@@ -109,6 +117,27 @@ def test_fsdp_shards_the_4bit_weights_and_computes_what_one_process_does(tiny_ll
         assert unit["dtype"] == "torch.bfloat16" and unit["local"] == -(-unit["full"] // 2)
     assert report["max_abs_reward_diff"] == 0.0 and report["max_abs_step_diff"] == 0.0
     assert report["max_abs_score_diff"] == 0.0  # the recipe's scoring of a sharded model, on every process
+    assert report["trainable"] == 17  # 2 layers x 4 projections x (A, B) + the head
+    assert report["forwards_in_backward"] == (checkpointing != "none")  # the layer was recomputed in the backward
+
+
+@pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None,
+                    reason="deepspeed is not installed (the test extra installs it: pip install -e '.[test]')")
+def test_zero3_loads_partitions_the_4bit_weights_and_computes_what_one_process_does(tiny_llama_dir, tmp_path):
+    """Issue 20 item 1: with ZeRO-3 switched on, a `device_map` is refused by transformers; the load passes none."""
+    report_path = tmp_path / "zero3.json"
+    command = [str(BIN / "torchrun"), "--nproc_per_node", "2", str(ROOT / "tests" / "zero3_check.py"),
+               str(tiny_llama_dir), str(report_path)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-5000:]
+    report = json.loads(report_path.read_text())
+
+    assert report["zero3_enabled"] and report["world_size"] == 2 and report["device"] == "cpu"
+    assert len(report["four_bit"]) == 14  # 2 layers x 7 linear layers, each partitioned: half on each process
+    for weight in report["four_bit"]:
+        assert weight["local"] == -(-weight["full"] // 2)
+    assert report["max_abs_reward_diff"] == 0.0
+    assert report["max_rel_step_diff"] <= 1e-6  # float rounding (measured 1.6e-7); the step moves LoRA weights by ~47
     assert report["trainable"] == 17  # 2 layers x 4 projections x (A, B) + the head
 
 

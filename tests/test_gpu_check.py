@@ -1,6 +1,7 @@
 """`benchmarks/gpu_check.py --cpu-smoke`: the one-command GPU check runs end to end on tiny models on the CPU, prints
 its table and exits 0; a section that fails is a FAIL row with its error, the others still run, and the exit is 1."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -25,7 +26,8 @@ def test_cpu_smoke_runs_every_section_and_passes(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     failed = [row for row in rows if row["status"] == "FAIL"]
     assert not failed and "0 FAIL" in result.stdout
-    assert {row["section"] for row in rows} == {"packing", "defect3", "merge", "vram", "throughput", "serve", "recipe"}
+    assert {row["section"] for row in rows} == {"packing", "defect3", "merge", "vram", "zero3", "serve-memory",
+                                                "throughput", "serve", "recipe"}
     passed = {(row["section"], row["check"]) for row in rows if row["status"] == "PASS"}
     for section, check in [("packing", "float32 sdpa rewards (8 pairs)"), ("packing", "float32 sdpa LoRA+head grads (17)"),
                            ("packing", "bfloat16 sdpa LoRA+head grads (17)"), ("packing", "float32 flex_attention rewards (8 pairs)"),
@@ -33,7 +35,16 @@ def test_cpu_smoke_runs_every_section_and_passes(tmp_path):
         assert (section, check) in passed, (section, check)
     throughput = [row["result"] for row in rows if row["section"] == "throughput"]
     assert len(throughput) == 2 and all(float(result.split()[0]) > 0 for result in throughput)
-    assert len([row for row in rows if row["section"] == "vram"]) == 2  # 1 and 2 layers ran (no VRAM on a CPU)
+    vram = [row["check"] for row in rows if row["section"] == "vram"]  # no VRAM on a CPU: each run is reported
+    assert vram == [f"{layers} layers, 64-token pairs, {layout}" for layers in (1, 2) for layout in ("packed", "padded")]
+    zero3 = [row for row in rows if row["section"] == "zero3"]
+    if importlib.util.find_spec("deepspeed") is not None:  # the test extra installs it
+        assert [row["status"] for row in zero3] == ["PASS", "PASS"], zero3
+        assert "4-bit weights on cpu, 14/14 partitioned 1/2" in zero3[0]["result"]
+    else:
+        assert [row["status"] for row in zero3] == ["INFO"] and "not installed" in zero3[0]["result"]
+    serve_memory = {row["check"]: row["result"] for row in rows if row["section"] == "serve-memory"}
+    assert serve_memory.keys() == {"bf16 checkpoint, serve defaults", "score_ids 2 x 64: KV cache"}  # verdicts: GPU
     serve = {row["check"].split(" (")[0]: row for row in rows if row["section"] == "serve"}
     assert set(serve) == {"one-at-a-time", "batched", "serve, 1 clients", "serve, 4 clients", "served vs one-at-a-time rewards"}
     assert all(float(row["result"].split()[0]) > 0 for name, row in serve.items() if "rewards" not in name)

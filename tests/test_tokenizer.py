@@ -4,10 +4,11 @@ import importlib.util
 from pathlib import Path
 
 import pytest
-from transformers import AutoConfig
+from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
+from transformers import AutoConfig, PreTrainedTokenizerFast
 
 from bt_peft.embedded import smollm2_checkpoint
-from bt_peft.tokenizer import choose_pad_token, eos_ids_of, load_tokenizer
+from bt_peft.tokenizer import choose_pad_token, eos_ids_of, load_tokenizer, set_append_eos
 
 from conftest import build_tokenizer, tiny_llama_config
 
@@ -105,3 +106,58 @@ def test_smollm2_pads_with_endoftext_not_im_end():
     assert tokenizer.eos_token == "<|im_end|>"
     assert tokenizer.pad_token == "<|endoftext|>"
     assert tokenizer.pad_token_id != tokenizer.eos_token_id
+
+
+def preset_tokenizer(specials: list[str], **roles: str | None) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer holding a model's special tokens (in their order in its `tokenizer_config.json`) with
+    its bos/eos/pad/unk roles: the real files of the gated or large presets cannot be had offline, and the pad rule
+    reads only the special tokens and these roles."""
+    vocab = {token: i for i, token in enumerate(specials + ["hello", "world"])}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token=roles.get("unk_token") or specials[0]))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    backend.add_special_tokens([AddedToken(token, special=True, normalized=False) for token in specials])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, **{k: v for k, v in roles.items() if v is not None})
+
+
+LLAMA3_SPECIALS = (["<|begin_of_text|>", "<|end_of_text|>"] + [f"<|reserved_special_token_{i}|>" for i in range(4)]
+                   + ["<|start_header_id|>", "<|end_header_id|>", "<|reserved_special_token_4|>", "<|eot_id|>"])
+LLAMA31_SPECIALS = ["<|begin_of_text|>", "<|end_of_text|>", "<|reserved_special_token_0|>", "<|reserved_special_token_1|>",
+                    "<|finetune_right_pad_id|>", "<|reserved_special_token_2|>", "<|start_header_id|>",
+                    "<|end_header_id|>", "<|eom_id|>", "<|eot_id|>", "<|python_tag|>"]
+QWEN25_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
+                   "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
+                   "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>"]
+PHI3_SPECIALS = ["<unk>", "<s>", "</s>", "<|endoftext|>", "<|assistant|>", "<|placeholder1|>", "<|placeholder2|>",
+                 "<|placeholder3|>", "<|placeholder4|>", "<|system|>", "<|end|>", "<|placeholder5|>",
+                 "<|placeholder6|>", "<|user|>"]
+PRESET_CASES = {
+    # name: (special tokens, roles, the config's eos ids (as names), the pad token bt-peft must pick)
+    "llama-3-8b": (LLAMA3_SPECIALS, dict(bos_token="<|begin_of_text|>", eos_token="<|end_of_text|>"),
+                   ["<|end_of_text|>"], "<|reserved_special_token_0|>"),
+    "llama-3.1-8b-instruct": (LLAMA31_SPECIALS, dict(bos_token="<|begin_of_text|>", eos_token="<|eot_id|>"),
+                              ["<|end_of_text|>", "<|eom_id|>", "<|eot_id|>"], "<|finetune_right_pad_id|>"),
+    "mistral-7b": (["<unk>", "<s>", "</s>"], dict(bos_token="<s>", eos_token="</s>", unk_token="<unk>"), ["</s>"],
+                   "<unk>"),
+    "qwen2.5-7b": (QWEN25_SPECIALS, dict(eos_token="<|endoftext|>", pad_token="<|endoftext|>"), ["<|endoftext|>"],
+                   "<|vision_pad|>"),
+    "qwen2.5-7b-instruct": (QWEN25_SPECIALS, dict(eos_token="<|im_end|>", pad_token="<|endoftext|>"), ["<|im_end|>"],
+                            "<|endoftext|>"),
+    "gemma-7b": (["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"],
+                 dict(bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>"), ["<eos>"], "<pad>"),
+    "phi-3-mini-4k-instruct": (PHI3_SPECIALS, dict(bos_token="<s>", eos_token="<|endoftext|>", pad_token="<|endoftext|>",
+                                                   unk_token="<unk>"), ["<|endoftext|>"], "<unk>"),
+}
+
+
+@pytest.mark.parametrize("name", PRESET_CASES)
+def test_presets_pad_with_a_spare_special_token_never_eos(name, caplog):
+    """Issue 20 item 11: Qwen2.5 base padded with its eos (and `append_eos` was refused) for want of a candidate."""
+    specials, roles, config_eos, expected = PRESET_CASES[name]
+    tokenizer = preset_tokenizer(specials, **roles)
+    eos_ids = {tokenizer.convert_tokens_to_ids(token) for token in config_eos}
+    with caplog.at_level("WARNING", logger="bt_peft.tokenizer"):
+        pad = choose_pad_token(tokenizer, eos_ids)
+    assert pad == expected and caplog.records == []
+    tokenizer.pad_token = pad
+    set_append_eos(tokenizer, True)  # refused when the pad is the eos
+    assert tokenizer.pad_token_id not in eos_ids | {tokenizer.eos_token_id, tokenizer.bos_token_id}

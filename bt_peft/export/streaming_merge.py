@@ -22,7 +22,7 @@ from transformers import AutoConfig, PreTrainedModel
 from transformers.pytorch_utils import Conv1D
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 
-from ..modeling import AutoModelForBradleyTerry, head_of, head_output_layer
+from ..modeling import AutoModelForBradleyTerry, head_of, head_output_layer, meta_device
 from ..quantization import nf4_config, nf4_device
 from ..safe_loading import refuse_pickle
 from ..upstream import import_internal
@@ -53,7 +53,7 @@ class LoraDelta:
 
 def reward_skeleton(config: AutoConfig) -> PreTrainedModel:
     """The 2-label reward model of `config` on the meta device: its keys, shapes and modules, no weights."""
-    with torch.device("meta"):
+    with meta_device():
         return AutoModelForBradleyTerry.from_config(config)
 
 

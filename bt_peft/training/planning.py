@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, PretrainedConfig
 
-from ..modeling import AutoModelForBradleyTerry, head_of, module_matches
+from ..modeling import AutoModelForBradleyTerry, head_of, meta_device, module_matches
 from .qlora import lora_targets as default_lora_targets
 
 PRESET_DIR = Path(__file__).parents[1] / "presets"
@@ -129,7 +129,7 @@ def model_shape(config: PretrainedConfig, lora_r: int = 16, lora_targets: list[s
     """
     if lora_r < 1:
         raise ValueError(f"lora_r must be positive, got {lora_r}")
-    with torch.device("meta"):
+    with meta_device():
         model = AutoModelForBradleyTerry.from_config(config)
     head = head_of(model)
     targets = list(lora_targets or default_lora_targets(model.config))

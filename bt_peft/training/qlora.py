@@ -86,7 +86,8 @@ def load_qlora_model(
         gradient_checkpointing (`bool`): non-reentrant activation checkpointing (default on), transformers'
             `activation_checkpointing_enable` (which also makes the embeddings' output require grad for LoRA).
         attn_implementation (`str`, *optional*): e.g. "sdpa", "flash_attention_2", "eager".
-        device_map: where to put the model; default: this process's GPU, or the CPU.
+        device_map: where to put the model; default: this process's GPU, or the CPU (`default_device_map`; none
+            under DeepSpeed ZeRO-3, which refuses one).
         trust_remote_code (`bool`): off by default; never turned on silently.
         allow_pickle (`bool`): load a checkpoint whose weights are pickle files (`pytorch_model.bin`); off by
             default (`PickleCheckpointError`).
