@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 import torch
 from datasets import Dataset
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers.integrations import unset_hf_deepspeed_config
 
 from .atomic import check_output_dir, write_json_atomically
 from .embedded import resolve_model
@@ -126,6 +127,7 @@ class RunFinisher(TrainerCallback):
         if not trainer.accelerator.is_main_process:
             return summary
         release_weights(trainer.model)  # the merge check may then use the memory the trained model held
+        unset_hf_deepspeed_config()  # training is over: the merge and its check load whole models in this process
         merge_and_save(self.adapter_dir, self.merged_dir, dtype=getattr(torch, self.script_args.merge_dtype),
                        base_model_name_or_path=summary["model"], from_4bit=self.script_args.merge_from_4bit,
                        overwrite=self.script_args.overwrite_outputs)
