@@ -37,7 +37,8 @@ def score_ids(
     Returns:
         `torch.Tensor`, float32, shape `(len(ids),)`, on the CPU, in input order: `bt_reward` of each sequence,
         computed in eval mode under `torch.no_grad()` (the model's training mode is restored afterwards; not
-        `inference_mode`, whose tensors an FSDP-sharded model could not update in place when training goes on).
+        `inference_mode`, whose tensors an FSDP-sharded model could not update in place when training goes on), and
+        with `use_cache=False`: a reward needs no KV cache (Llama-3-8B's would take 128 KiB per token in bf16).
     """
     if model.config.pad_token_id != tokenizer.pad_token_id:
         raise ValueError(
@@ -56,7 +57,7 @@ def score_ids(
         for start in tqdm(range(0, len(order), batch_size), desc="scoring", unit="batch", disable=not progress):
             batch = order[start : start + batch_size]
             inputs = tokenizer.pad({"input_ids": [ids[index] for index in batch]}, return_tensors="pt").to(device)
-            logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
+            logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False).logits
             rewards[batch] = bt_reward(logits).float().cpu()
     finally:
         model.train(was_training)
