@@ -9,6 +9,7 @@ from transformers import PreTrainedTokenizerBase
 from ..data import Content, encode, fit_to_length
 from ..quantization import disable_cpu_weight_repacking
 from ..reward import bt_reward
+from ..tokenizer import trained_max_length
 
 
 def input_device(model: torch.nn.Module) -> torch.device:
@@ -79,12 +80,14 @@ def score(
         tokenizer (`PreTrainedTokenizerBase`): its pad id must be `model.config.pad_token_id`.
         texts: plain texts (prompt + reply) or conversations (lists of `{"role", "content"}` messages).
         batch_size (`int`): sequences per forward; texts are batched by length to waste little padding.
-        max_length (`int`, *optional*): texts longer than this are cut from the left, as in training.
+        max_length (`int`, *optional*): texts longer than this are cut from the left, as in training; default: the
+            `max_length` the model was trained with, recorded in its tokenizer (`trained_max_length`), else no limit.
         progress (`bool`): show a progress bar over the batches.
 
     Returns:
         `torch.Tensor`, float32, shape `(len(texts),)`, on the CPU, in input order: `bt_reward` of each text.
     """
     special_prefix = encode(tokenizer, "")
+    max_length = max_length or trained_max_length(tokenizer)
     ids = [fit_to_length(encode(tokenizer, text), max_length, special_prefix) for text in texts]
     return score_ids(model, tokenizer, ids, batch_size, progress)
