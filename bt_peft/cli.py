@@ -27,6 +27,10 @@ from transformers import HfArgumentParser
 from .serving.settings import API_KEY_ENV, ServeSettings
 
 Dtype = Literal["bfloat16", "float32", "float16"]
+ScoringDtype = Literal["auto", "bfloat16", "float32", "float16"]
+OWN_DTYPE_HELP = ("auto: the model's own, a checkpoint's saved dtype (a bf16 merge stays bf16) or an adapter's training "
+                  "compute dtype; or bfloat16, float32, float16 (an adapter directory's 4-bit compute dtype)")
+TRAINED_LENGTH_HELP = "default: the max_length the model was trained with (saved with its tokenizer), else no limit"
 TRAIN_HELP = Path(__file__).parent / "train_help.txt"
 
 
@@ -36,10 +40,10 @@ class EvalOptions:
 
     split: str = field(default="dev", metadata={"help": "split of a data directory (<split>.jsonl), bt_peft:demo or a Hub dataset"})
     max_samples: int | None = field(default=None, metadata={"help": "evaluate the first N pairs only"})
-    max_length: int | None = field(default=None, metadata={"help": "cut longer pairs from the left, as in training (pass the training max_length)"})
+    max_length: int | None = field(default=None, metadata={"help": f"cut longer pairs from the left, as in training; {TRAINED_LENGTH_HELP}"})
     batch_size: int = field(default=16, metadata={"help": "sequences per forward"})
-    dtype: Dtype = field(default="float32", metadata={"help": "compute dtype (4-bit compute dtype for an adapter directory)"})
-    compare: str | None = field(default=None, metadata={"help": "a second model (e.g. the untrained base) evaluated on the same pairs and plotted side by side"})
+    dtype: ScoringDtype = field(default="auto", metadata={"help": OWN_DTYPE_HELP})
+    compare: str | None = field(default=None, metadata={"help": "a second model evaluated on the same pairs and plotted side by side; may be a causal LM (e.g. the base: its new head at zero, the untrained baseline)"})
     output_dir: str | None = field(default=None, metadata={"help": "write evaluation.json and the PNG plots there"})
 
 
@@ -48,9 +52,9 @@ class ScoreOptions:
     """Options of `bt-peft score MODEL INPUT`."""
 
     output: str | None = field(default=None, metadata={"help": "output JSONL (default: standard output)"})
-    max_length: int | None = field(default=None, metadata={"help": "cut longer texts from the left, as in training"})
+    max_length: int | None = field(default=None, metadata={"help": f"cut longer texts from the left, as in training; {TRAINED_LENGTH_HELP}"})
     batch_size: int = field(default=16, metadata={"help": "sequences per forward"})
-    dtype: Dtype = field(default="float32", metadata={"help": "compute dtype (4-bit compute dtype for an adapter directory)"})
+    dtype: ScoringDtype = field(default="auto", metadata={"help": OWN_DTYPE_HELP})
 
 
 @dataclass
@@ -76,9 +80,9 @@ class ExportOptions:
     normalize_on: str | None = field(default=None, metadata={"help": "data (as bt-peft eval takes it): write OpenRLHF's reward mean/std over its chosen and rejected texts into config.json"})
     split: str = field(default="dev", metadata={"help": "split of a --normalize_on data directory, bt_peft:demo or Hub dataset"})
     max_samples: int | None = field(default=None, metadata={"help": "use the first N pairs of --normalize_on"})
-    max_length: int | None = field(default=None, metadata={"help": "cut longer --normalize_on pairs from the left, as in training"})
+    max_length: int | None = field(default=None, metadata={"help": f"cut longer --normalize_on pairs from the left, as in training; {TRAINED_LENGTH_HELP}"})
     batch_size: int = field(default=16, metadata={"help": "sequences per forward (--normalize_on)"})
-    dtype: Dtype = field(default="bfloat16", metadata={"help": "merge dtype of an adapter directory, and the scoring dtype of --normalize_on"})
+    dtype: Dtype = field(default="bfloat16", metadata={"help": "merge dtype of an adapter directory (--normalize_on scores the checkpoint being exported in its own dtype)"})
     from_4bit: bool = field(default=False, metadata={"help": "adapter directory: exact merge route (NF4-dequantized base)"})
     overwrite: bool = field(default=False, metadata={"help": "replace a non-empty OUTPUT directory"})
 
@@ -133,9 +137,8 @@ def summary_line(name: str, results: dict) -> str:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    import torch
-
     from .atomic import write_json_atomically
+    from .evaluation.loading import dtype_named
     from .evaluation.metrics import evaluate_pairs
     from .evaluation.plots import plot_evaluation
 
@@ -146,9 +149,10 @@ def run_eval(args: argparse.Namespace) -> int:
     if len(set(labels)) < len(labels):
         labels = list(models)
     named = {}
-    for label, model in zip(labels, models):
-        named[label] = evaluate_pairs(
-            model, None, dataset, max_length=options.max_length, batch_size=options.batch_size, dtype=getattr(torch, options.dtype)
+    for index, (label, model) in enumerate(zip(labels, models)):
+        named[label] = evaluate_pairs(  # only --compare may be a causal LM: the untrained baseline, a new zero head
+            model, None, dataset, max_length=options.max_length, batch_size=options.batch_size,
+            dtype=dtype_named(options.dtype), allow_new_head=index > 0,
         )
         print(summary_line(label, named[label]))
         for bucket in named[label]["length_buckets"]:
@@ -193,14 +197,12 @@ def read_score_input(path: str) -> list[tuple[dict, object]]:
 
 
 def run_score(args: argparse.Namespace) -> int:
-    import torch
-
-    from .evaluation.loading import load_for_scoring
+    from .evaluation.loading import dtype_named, load_for_scoring
     from .evaluation.scoring import score
 
     options = _options(ScoreOptions, args)
     rows = read_score_input(args.input)
-    model, tokenizer = load_for_scoring(args.model, compute_dtype=getattr(torch, options.dtype))
+    model, tokenizer = load_for_scoring(args.model, compute_dtype=dtype_named(options.dtype))
     rewards = score(model, tokenizer, [content for _, content in rows], options.batch_size, options.max_length)
     lines = "".join(json.dumps(row | {"reward": reward}) + "\n" for (row, _), reward in zip(rows, rewards.tolist()))
     if options.output:
@@ -254,7 +256,7 @@ def run_export(args: argparse.Namespace) -> int:
 
         def normalization(checkpoint: Path) -> tuple[float, float]:
             results = evaluate_pairs(checkpoint, None, dataset, max_length=options.max_length,
-                                     batch_size=options.batch_size, dtype=dtype)
+                                     batch_size=options.batch_size)
             mean, std = reward_statistics(results)
             print(f"reward mean {mean:.6g}, std {std:.6g} over {2 * results['n_pairs']} texts of {options.normalize_on}")
             return mean, std
@@ -323,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Evaluate a reward model on preference pairs: accuracy with a 95% Wilson CI, ties, margins, "
         "accuracy by pair length. With --output_dir, writes evaluation.json and rewards/margins/length PNGs.",
     )
-    evaluate.add_argument("model", help="merged checkpoint, adapter directory, causal-LM checkpoint or bt_peft:smollm2")
+    evaluate.add_argument("model", help="merged checkpoint, adapter directory or other reward checkpoint (a causal LM is refused: use --compare for the untrained baseline)")
     evaluate.add_argument("data", help="a .jsonl/.json file, a directory of <split>.jsonl, bt_peft:demo or a Hub dataset id")
     evaluate.set_defaults(run=run_eval)
 
@@ -382,7 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
         f"Binds 127.0.0.1 unless --host is given; --api_key or ${API_KEY_ENV} requires 'Authorization: Bearer KEY'. "
         "SIGTERM finishes the requests in flight, then exits.",
     )
-    serve.add_argument("model", help="merged checkpoint, adapter directory, 1-label scalar export, other reward checkpoint or bt_peft:smollm2")
+    serve.add_argument("model", help="merged checkpoint, adapter directory, 1-label scalar export (or OpenRLHF checkpoint) or other reward checkpoint; a causal LM is refused")
     serve.set_defaults(run=run_serve)
     return parser
 

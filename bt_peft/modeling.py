@@ -4,6 +4,7 @@ import functools
 import inspect
 import logging
 import os
+import re
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,7 +15,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, Pretrai
 
 from .safe_loading import load_adapter, safe_pretrained_kwargs
 from .tokenizer import eos_ids_of, load_tokenizer
-from .upstream import import_internal
+from .upstream import import_internal, require_attributes
 
 logger = logging.getLogger(__name__)
 
@@ -172,6 +173,37 @@ def zero_head(model: PreTrainedModel) -> None:
         parameter.zero_()
 
 
+def forget_key_mapping(model: PreTrainedModel, key_mapping: dict[str, str]) -> None:
+    """Drop the renamings of `key_mapping` from those `save_pretrained` reverts, in place: transformers keeps the
+    `key_mapping` a model was loaded with and saves its weights under the checkpoint's names again, while an imported
+    OpenRLHF value head is this model's own head from then on, saved under its name (`score`)."""
+    require_attributes(model, ("_weight_conversions",), "transformers.PreTrainedModel.from_pretrained", "transformers")
+    model._weight_conversions = [conversion for conversion in model._weight_conversions
+                                 if not set(getattr(conversion, "source_patterns", ())) & key_mapping.keys()]
+
+
+class UntrainedHeadError(ValueError):
+    """A checkpoint loaded as a trained reward model has no weights for its reward head: the head would be new and
+    zero, and every reward 0.0 (a causal LM, a head under another name, a head with another number of labels)."""
+
+
+def untrained_head_error(path: str | os.PathLike, head: str, info: dict) -> UntrainedHeadError:
+    """The `UntrainedHeadError` of checkpoint `path`, naming the head expected (`head`) and what the checkpoint holds
+    instead, from transformers' loading report `info`: a head of another shape (`mismatched_keys`), else the
+    weights the model did not use (`unexpected_keys`, e.g. `lm_head.weight` of a causal LM)."""
+    mismatched = [f"{key} of shape {tuple(saved)}" for key, saved, _ in info["mismatched_keys"] if key.split(".", 1)[0] == head]
+    unused = sorted(info["unexpected_keys"])
+    found = ", ".join(mismatched) or (", ".join(unused[:4]) + (f" and {len(unused) - 4} more" if len(unused) > 4 else "")
+                                      if unused else "no head weights")
+    hint = (' (an OpenRLHF value head: add "value_head_prefix": "value_head" to its config.json)'
+            if any(key.startswith("value_head.") for key in unused) else "")
+    return UntrainedHeadError(
+        f"{path} is not a trained reward model: expected the reward head {head!r} ({head}.weight with 1 or 2 rows), "
+        f"found {found}{hint}. Its new head would give every text the reward 0.0. Load a merged checkpoint, an "
+        "adapter directory or a reward checkpoint (pass allow_new_head=True for an untrained baseline)"
+    )
+
+
 class BradleyTerrySaveMixin:
     """Mixed into the concrete model class that `AutoModelForBradleyTerry` returns, so that the
     Bradley-Terry `save_pretrained` runs on the object users hold (in HALOs it is dead code, because
@@ -259,7 +291,7 @@ class AutoModelForBradleyTerry(AutoModelForSequenceClassification):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *model_args: Any, allow_pickle: bool = False,
-                        **kwargs: Any) -> PreTrainedModel:
+                        allow_new_head: bool = True, **kwargs: Any) -> PreTrainedModel:
         """Load a 2-label reward model from a causal-LM checkpoint (new head), a reward checkpoint, or an adapter.
 
         Args:
@@ -268,6 +300,9 @@ class AutoModelForBradleyTerry(AutoModelForSequenceClassification):
             *model_args: passed on to the model's `__init__`.
             allow_pickle (`bool`): load pickle weights (`pytorch_model.bin`); off by default, such a checkpoint is
                 refused with a `PickleCheckpointError` (see `bt_peft.safe_loading`).
+            allow_new_head (`bool`): give a checkpoint without reward head weights (a causal LM) a new zero head, as
+                training starts; False (for scoring) raises `UntrainedHeadError` instead, naming the head expected and
+                what was found. An adapter directory's head comes from the adapter either way.
             **kwargs: passed on to `AutoModelForSequenceClassification.from_pretrained` (`dtype`/`torch_dtype`,
                 `attn_implementation`, `quantization_config`, `device_map`, …). `num_labels` and the label
                 fields of `config` are overridden: the head always has 2 labels.
@@ -278,10 +313,14 @@ class AutoModelForBradleyTerry(AutoModelForSequenceClassification):
             Bradley-Terry `save_pretrained`; its `forward` refuses a batch padded with another id than
             `config.pad_token_id` (`check_pad_positions`). By checkpoint:
 
-            - a causal LM (no head): a new 2-label head set to zero (`zero_head`);
-            - a 1-label reward model (`num_labels: 1`: TRL's `RewardTrainer`, a `bt-peft export --format scalar`):
-              its reward is kept, as row 1 of the head, row 0 zero (`widen_single_score_head`);
-            - a head with another number of labels: a new zero head, with a warning;
+            - a causal LM (no head): a new 2-label head set to zero (`zero_head`), or `UntrainedHeadError` without
+              `allow_new_head`;
+            - a 1-label reward model (`num_labels: 1`: TRL's `RewardTrainer`, a `bt-peft export --format scalar`)
+              or an OpenRLHF reward model (its 1-output head named by `value_head_prefix` in `config.json`, e.g. the
+              older releases' `value_head`): its reward is kept, as row 1 of the head, row 0 zero
+              (`widen_single_score_head`);
+            - a head with another number of labels: a new zero head, with a warning (`UntrainedHeadError` without
+              `allow_new_head`);
             - a 2-label reward checkpoint: loaded as it is;
             - an adapter directory: its base (`base_model_name_or_path`) loaded by these rules with `**kwargs`,
               then the adapter and its head (`PeftModel`, like peft's `AutoPeftModel*`), and
@@ -302,8 +341,15 @@ class AutoModelForBradleyTerry(AutoModelForSequenceClassification):
             config = AutoConfig.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
         else:
             config = config.__class__.from_dict(config.to_dict())
-        single_score = config.num_labels == 1
+        openrlhf_prefix = getattr(config, "value_head_prefix", None)  # OpenRLHF's name of its 1-output value head
+        head = None if openrlhf_prefix is None else head_name(config)
+        renamed_head = openrlhf_prefix not in (None, head)
+        single_score = config.num_labels == 1 or renamed_head
+        if renamed_head:
+            kwargs["key_mapping"] = {rf"^{re.escape(openrlhf_prefix)}\.": f"{head}."} | kwargs.get("key_mapping", {})
+            del config.value_head_prefix  # the imported head is `head`, as a re-saved checkpoint stores it
         if single_score:
+            config.num_labels = 1
             config.problem_type = None  # the export writes "regression"; the 2-label model is not one
         else:
             if config.num_labels != 2:
@@ -318,9 +364,13 @@ class AutoModelForBradleyTerry(AutoModelForSequenceClassification):
         head = head_of(model)
         new_weights = set(info["missing_keys"]) | {key for key, *_ in info["mismatched_keys"]}
         if any(key.split(".", 1)[0] == head for key in new_weights):
+            if not allow_new_head:
+                raise untrained_head_error(pretrained_model_name_or_path, head, info)
             zero_head(model)
         if single_score:
             widen_single_score_head(model)
+        if renamed_head:
+            forget_key_mapping(model, kwargs["key_mapping"])
         model = as_bradley_terry(model)
         return (model, info) if return_info else model
 

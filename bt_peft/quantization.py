@@ -3,6 +3,7 @@ map (none under DeepSpeed ZeRO-3), and the bitsandbytes CPU repacking switched o
 
 import copy
 import os
+import threading
 
 import torch
 from transformers import AutoConfig, BitsAndBytesConfig, PreTrainedModel
@@ -28,14 +29,38 @@ def nf4_config(compute_dtype: torch.dtype, quant_storage: torch.dtype | None = N
     )
 
 
-def _cast_input_to_weight_dtype(module: torch.nn.Module, args: tuple) -> tuple:
-    return (args[0].to(module.weight.dtype),) + args[1:]
+_AUTOCAST_OFF = threading.local()
+"""Per thread, the autocast-disabling contexts the heads entered and have not left yet (None where autocast was off)."""
+
+
+def _enter_float32(module: torch.nn.Module, args: tuple) -> tuple:
+    """Forward pre-hook of the head: its input cast to the weight's dtype, autocast switched off until
+    `_leave_float32` (under `bf16: true` accelerate's autocast would run the fp32 head's matmul in bf16)."""
+    hidden = args[0].to(module.weight.dtype)
+    device_type = hidden.device.type
+    context = None
+    if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
+        context = torch.autocast(device_type, enabled=False)
+        context.__enter__()
+    _AUTOCAST_OFF.__dict__.setdefault("contexts", []).append(context)
+    return (hidden,) + args[1:]
+
+
+def _leave_float32(module: torch.nn.Module, args: tuple, output: torch.Tensor) -> None:
+    """Forward hook of the head, called even when its forward raises: autocast back as `_enter_float32` found it."""
+    context = _AUTOCAST_OFF.contexts.pop()
+    if context is not None:
+        context.__exit__(None, None, None)
 
 
 def keep_head_in_float32(head: torch.nn.Module) -> None:
-    """Keep the head's weights in fp32 and feed it fp32 hidden states, so rewards are computed in full precision."""
+    """Keep the head's weights in fp32 and compute it in fp32, in place: its input is cast to fp32 and autocast is off
+    while it runs, so rewards are computed in full precision in training (`bf16: true` wraps the forward in autocast)
+    and in scoring alike. The hooks are copied with the module, so peft's `ModulesToSaveWrapper` copy of the head
+    (the one trained and saved) computes in fp32 too."""
     head.to(torch.float32)
-    head.register_forward_pre_hook(_cast_input_to_weight_dtype)
+    head.register_forward_pre_hook(_enter_float32)
+    head.register_forward_hook(_leave_float32, always_call=True)
 
 
 REPACKING_SWITCH = "support_avx512bf16_for_cpu"

@@ -1,12 +1,17 @@
 """Tokenizer set-up: a pad token distinct from eos, so training and serving read the same token, and the record of
-whether every sequence ends with an eos (`append_eos`)."""
+the training settings that scoring repeats (`append_eos`, `max_length`, the compute dtype), saved with the tokenizer."""
 
 import json
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import TrainingArguments
 
 logger = logging.getLogger(__name__)
 
@@ -85,10 +90,16 @@ def appends_eos(tokenizer: PreTrainedTokenizerBase) -> bool:
     return bool(tokenizer.init_kwargs.get(APPEND_EOS_KEY, False))
 
 
+def saved_tokenizer_settings(directory: str | os.PathLike) -> dict:
+    """The `tokenizer_config.json` saved in `directory` as a dict (empty when there is none), read without loading
+    the tokenizer."""
+    path = Path(directory) / "tokenizer_config.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
 def saved_appends_eos(directory: str | os.PathLike) -> bool:
     """`appends_eos` of the tokenizer saved in `directory` (False when it holds no `tokenizer_config.json`)."""
-    path = Path(directory) / "tokenizer_config.json"
-    return path.is_file() and bool(json.loads(path.read_text(encoding="utf-8")).get(APPEND_EOS_KEY, False))
+    return bool(saved_tokenizer_settings(directory).get(APPEND_EOS_KEY, False))
 
 
 def set_append_eos(tokenizer: PreTrainedTokenizerBase, append_eos: bool) -> None:
@@ -118,6 +129,41 @@ def set_append_eos(tokenizer: PreTrainedTokenizerBase, append_eos: bool) -> None
             "at the token before the eos; give it a pad token that is not an eos"
         )
     tokenizer.init_kwargs[APPEND_EOS_KEY] = True
+
+
+MAX_LENGTH_KEY = "bt_peft_max_length"
+"""Key of the tokenizer's `init_kwargs` (saved like `APPEND_EOS_KEY`): the `max_length` the reward model was trained
+with (absent: no limit). `score`, `evaluate_pairs`, `bt-peft eval`/`score`/`export --normalize_on` cut longer texts
+from the left to it by default, and `bt-peft serve` takes it as its default `--max_length`."""
+
+COMPUTE_DTYPE_KEY = "bt_peft_compute_dtype"
+"""Key of the tokenizer's `init_kwargs` (saved like `APPEND_EOS_KEY`): the dtype the reward model computed in when
+trained (its embeddings' dtype: the 4-bit compute dtype under QLoRA), e.g. `"bfloat16"`. `load_for_scoring` loads an
+adapter directory's base in 4-bit with it by default."""
+
+
+def record_training_settings(tokenizer: PreTrainedTokenizerBase, args: "TrainingArguments", model: "torch.nn.Module") -> None:
+    """Record on the tokenizer (in place, saved with it) the training settings that scoring must repeat.
+
+    Args:
+        tokenizer (`PreTrainedTokenizerBase`): the reward model's tokenizer, its pad token already chosen.
+        args: the training arguments (`trl.RewardConfig` or `BradleyTerryRewardConfig`): `append_eos` (see
+            `set_append_eos`, which may raise) and `max_length` (`MAX_LENGTH_KEY`; None removes the record).
+        model (`torch.nn.Module`): the model being trained; the dtype of its input embeddings is recorded as the
+            compute dtype (`COMPUTE_DTYPE_KEY`).
+    """
+    set_append_eos(tokenizer, getattr(args, "append_eos", False))
+    if args.max_length is None:
+        tokenizer.init_kwargs.pop(MAX_LENGTH_KEY, None)
+    else:
+        tokenizer.init_kwargs[MAX_LENGTH_KEY] = int(args.max_length)
+    tokenizer.init_kwargs[COMPUTE_DTYPE_KEY] = str(model.get_input_embeddings().weight.dtype).removeprefix("torch.")
+
+
+def trained_max_length(tokenizer: PreTrainedTokenizerBase) -> int | None:
+    """The `max_length` the reward model was trained with (`MAX_LENGTH_KEY`), or None when none is recorded."""
+    value = tokenizer.init_kwargs.get(MAX_LENGTH_KEY)
+    return None if value is None else int(value)
 
 
 def eos_ids_of(config) -> set[int]:

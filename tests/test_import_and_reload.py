@@ -78,3 +78,75 @@ def test_peft_two_step_reload_fails_loudly_then_gives_the_trained_rewards(traine
     model.config.pad_token_id = tokenizer.pad_token_id  # what the error says to do
     rewards = batch_logits(model, tokenizer, TEXTS, padding_side)[:, 1]
     torch.testing.assert_close(rewards, plain_rewards(merged_fp32, TEXTS), atol=1e-5, rtol=0)
+
+
+def save_openrlhf_checkpoint(tiny_llama_dir, directory, value_head_prefix: str | None):
+    """A reward checkpoint laid out as OpenRLHF's `get_llm_for_sequence_regression` model saves it: the backbone's
+    weights under `model.`, a 1-output bias-free value head under `value_head` (older releases' default prefix), and
+    `value_head_prefix` in `config.json` as its trainer records it (None: an old checkpoint that does not)."""
+    from safetensors.torch import save_file
+    from transformers import AutoConfig, AutoModel
+
+    backbone = AutoModel.from_pretrained(tiny_llama_dir, dtype=torch.float32)
+    torch.manual_seed(1)
+    head = torch.nn.Linear(backbone.config.hidden_size, 1, bias=False)
+    tensors = {f"model.{key}": value.contiguous() for key, value in backbone.state_dict().items()}
+    save_file(tensors | {"value_head.weight": head.weight.detach().contiguous()}, directory / "model.safetensors",
+              metadata={"format": "pt"})
+    config = AutoConfig.from_pretrained(tiny_llama_dir)
+    if value_head_prefix is not None:
+        config.value_head_prefix = value_head_prefix
+    config.save_pretrained(directory)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    tokenizer.pad_token = "<|endoftext|>"
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def test_an_openrlhf_value_head_checkpoint_is_imported_with_openrlhfs_reward(tiny_llama_dir, tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from consumers import openrlhf_style_rewards  # OpenRLHF's reading, rebuilt from its source
+
+    from bt_peft import load_for_scoring, score
+
+    path = save_openrlhf_checkpoint(tiny_llama_dir, tmp_path, "value_head")
+    model, tokenizer = load_for_scoring(path)
+    rewards = score(model, tokenizer, TEXTS)
+    expected = openrlhf_style_rewards(path, [tokenizer.bos_token + text for text in TEXTS])
+    torch.testing.assert_close(rewards, expected, atol=1e-5, rtol=0)
+    assert rewards.abs().min() > 0 and torch.equal(model.score.weight[0], torch.zeros(model.config.hidden_size))
+    model.save_pretrained(tmp_path / "resaved")  # the imported head is saved as `score`, and reloads as it is
+    resaved = AutoModelForBradleyTerry.from_pretrained(tmp_path / "resaved", allow_new_head=False)
+    torch.testing.assert_close(score(resaved, tokenizer, TEXTS), rewards, atol=1e-6, rtol=0)
+
+
+def test_checkpoints_without_a_trained_head_are_refused_naming_the_heads(tiny_llama_dir, tmp_path):
+    from bt_peft import load_for_scoring, score
+    from bt_peft.modeling import UntrainedHeadError
+    from bt_peft.serving.model import load_served_model
+
+    with pytest.raises(UntrainedHeadError, match=r"expected the reward head 'score'.*found lm_head\.weight"):
+        load_for_scoring(tiny_llama_dir)
+    with pytest.raises(UntrainedHeadError, match="found lm_head.weight"):
+        load_served_model(str(tiny_llama_dir))
+    old_openrlhf = save_openrlhf_checkpoint(tiny_llama_dir, tmp_path, None)
+    with pytest.raises(UntrainedHeadError, match=r"found value_head\.weight.*add \"value_head_prefix\": \"value_head\""):
+        load_for_scoring(old_openrlhf)
+    baseline, tokenizer = load_for_scoring(tiny_llama_dir, allow_new_head=True)  # bt-peft eval --compare's baseline
+    assert torch.equal(score(baseline, tokenizer, TEXTS), torch.zeros(len(TEXTS)))
+
+
+def test_an_adapter_that_saved_no_head_is_refused(tiny_llama_dir, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    from bt_peft import load_for_scoring
+    from bt_peft.modeling import UntrainedHeadError
+
+    base = AutoModelForBradleyTerry.from_pretrained(tiny_llama_dir, dtype=torch.float32)
+    get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj"])).save_pretrained(tmp_path)  # no task type: no head
+    AutoTokenizer.from_pretrained(tiny_llama_dir).save_pretrained(tmp_path)
+    with pytest.raises(UntrainedHeadError, match=r"saved no reward head: expected 'score' in its modules_to_save"):
+        load_for_scoring(tmp_path)

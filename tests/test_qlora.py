@@ -85,6 +85,35 @@ def test_head_output_is_fp32_under_bf16_compute(qlora):
     assert logits.shape == (2, 2)
 
 
+def head_calls(model) -> tuple[list, torch.utils.hooks.RemovableHandle]:
+    """(input, output) of each call of the trained head copy, and the hook's handle."""
+    calls = []
+    return calls, head_copy(model).register_forward_hook(lambda module, args, output: calls.append((args[0], output)))
+
+
+def test_head_computes_in_fp32_under_bf16_autocast_in_training_and_scoring(trained):
+    """accelerate's `bf16: true` wraps the forward in autocast; the head must still compute in fp32 (exactly the fp32
+    linear of its input), in the packed training forward and in `score` alike, and autocast is back on afterwards."""
+    from bt_peft import score
+
+    trainer, _ = trained
+    model, head = trainer.model, head_copy(trainer.model)
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])  # packed, as trained
+    calls, hook = head_calls(model)
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = trainer.compute_loss(model, batch)
+            score(model, trainer.processing_class, ["Human: hi Assistant: hello", "Human: bye"])
+            assert torch.is_autocast_enabled("cpu")
+            assert torch.nn.functional.linear(torch.ones(1, 4), torch.ones(2, 4)).dtype == torch.bfloat16
+    finally:
+        hook.remove()
+    assert len(calls) == 2 and torch.isfinite(loss)
+    for hidden, output in calls:
+        assert output.dtype == torch.float32
+        torch.testing.assert_close(output, torch.nn.functional.linear(hidden.float(), head.weight, head.bias), atol=1e-6, rtol=0)
+
+
 def test_head_is_saved_with_the_adapter(qlora, tmp_path):
     model, _ = qlora
     model.save_pretrained(tmp_path)

@@ -104,3 +104,17 @@ def test_progress_bar_is_optional(trained, capsys):
     score(trainer.model, trainer.processing_class, TEXTS, batch_size=4, progress=True)
     err = capsys.readouterr().err
     assert "scoring: 100%" in err and "3/3" in err  # 9 texts in batches of 4
+
+
+def test_scoring_builds_no_kv_cache(trained):
+    trainer, _ = trained
+    config = trainer.model.config
+    config.use_cache, was = True, config.use_cache  # as the Llama/Mistral/Qwen presets set it (training turns it off)
+    outputs = []
+    hook = trainer.model.register_forward_hook(lambda module, args, output: outputs.append(output))
+    try:
+        score(trainer.model, trainer.processing_class, TEXTS, batch_size=4)
+    finally:
+        hook.remove()
+        config.use_cache = was
+    assert len(outputs) == 3 and all(output.cache is None for output in outputs)

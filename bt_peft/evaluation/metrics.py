@@ -19,6 +19,7 @@ from transformers import PreTrainedTokenizerBase
 
 from ..atomic import write_json_atomically
 from ..data import load_preference_file, prepare_preference_dataset
+from ..tokenizer import trained_max_length
 from .loading import load_for_scoring
 from .scoring import score_ids
 
@@ -158,9 +159,10 @@ def evaluate_pairs(
     confidence: float = 0.95,
     length_buckets: Sequence[int] | None = None,
     tie_tolerance: float = 0.0,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | None = None,
     output_json: str | os.PathLike | None = None,
     progress: bool = True,
+    allow_new_head: bool = False,
 ) -> dict:
     """Score every pair of a preference dataset and compute `pair_metrics`.
 
@@ -171,21 +173,25 @@ def evaluate_pairs(
             tokenizer saved there.
         dataset: a `datasets.Dataset` or list of rows in any format `prepare_preference_dataset` accepts (TRL's
             formats, raw HH-RLHF text, `chosen_ids`/`rejected_ids`), or the path of a .jsonl/.json file.
-        max_length (`int`, *optional*): as in training: longer pairs are cut from the left (pass the training one).
+        max_length (`int`, *optional*): as in training: longer pairs are cut from the left; default: the `max_length`
+            the model was trained with, recorded in its tokenizer (`trained_max_length`), else no limit.
         batch_size (`int`): sequences per forward (`score_ids`, batched by length).
         confidence, length_buckets, tie_tolerance: see `pair_metrics`.
-        dtype (`torch.dtype`): compute dtype when `model` is a path (see `load_for_scoring`).
+        dtype (`torch.dtype`, *optional*): compute dtype when `model` is a path (see `load_for_scoring`); default: the
+            model's own (an adapter's training compute dtype, a checkpoint's saved dtype).
         output_json (`str`, *optional*): also write the result there (atomically).
         progress (`bool`): show a progress bar while scoring.
+        allow_new_head (`bool`): `model` may be a path to a causal LM, scored with a new zero head (the untrained
+            baseline); otherwise such a path raises `UntrainedHeadError` (see `load_for_scoring`).
 
     Returns:
-        `dict`: `pair_metrics` plus `model` (the path, or the model's class name), `max_length`, `data` (the
-        `PreparationReport` as a dict: `name`, `total`, `kept`, `truncated`, `response_cut`, `skipped`) and
-        `scoring_seconds` and `sequences_per_second` (wall time of the forwards).
+        `dict`: `pair_metrics` plus `model` (the path, or the model's class name), `max_length` (the one applied),
+        `data` (the `PreparationReport` as a dict: `name`, `total`, `kept`, `truncated`, `response_cut`, `skipped`)
+        and `scoring_seconds` and `sequences_per_second` (wall time of the forwards).
     """
     model_name = str(model) if isinstance(model, (str, os.PathLike)) else type(model).__name__
     if isinstance(model, (str, os.PathLike)):
-        model, saved_tokenizer = load_for_scoring(model, compute_dtype=dtype)
+        model, saved_tokenizer = load_for_scoring(model, compute_dtype=dtype, allow_new_head=allow_new_head)
         tokenizer = saved_tokenizer if tokenizer is None else tokenizer
     elif tokenizer is None:
         raise ValueError("evaluate_pairs needs the tokenizer of a model in memory (or pass the model's path)")
@@ -193,6 +199,7 @@ def evaluate_pairs(
         dataset = load_preference_file(dataset)
     elif isinstance(dataset, list):
         dataset = datasets.Dataset.from_list(dataset)
+    max_length = max_length or trained_max_length(tokenizer)
     prepared, report = prepare_preference_dataset(dataset, tokenizer, max_length, name="eval")
     columns = prepared.to_dict()
     chosen, rejected = columns["chosen_ids"], columns["rejected_ids"]

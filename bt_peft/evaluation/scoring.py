@@ -9,6 +9,7 @@ from transformers import PreTrainedTokenizerBase
 from ..data import Content, encode, fit_to_length
 from ..quantization import disable_cpu_weight_repacking
 from ..reward import bt_reward
+from ..tokenizer import trained_max_length
 
 
 def input_device(model: torch.nn.Module) -> torch.device:
@@ -37,7 +38,8 @@ def score_ids(
     Returns:
         `torch.Tensor`, float32, shape `(len(ids),)`, on the CPU, in input order: `bt_reward` of each sequence,
         computed in eval mode under `torch.no_grad()` (the model's training mode is restored afterwards; not
-        `inference_mode`, whose tensors an FSDP-sharded model could not update in place when training goes on).
+        `inference_mode`, whose tensors an FSDP-sharded model could not update in place when training goes on), and
+        with `use_cache=False`: a reward needs no KV cache (Llama-3-8B's would take 128 KiB per token in bf16).
     """
     if model.config.pad_token_id != tokenizer.pad_token_id:
         raise ValueError(
@@ -56,7 +58,7 @@ def score_ids(
         for start in tqdm(range(0, len(order), batch_size), desc="scoring", unit="batch", disable=not progress):
             batch = order[start : start + batch_size]
             inputs = tokenizer.pad({"input_ids": [ids[index] for index in batch]}, return_tensors="pt").to(device)
-            logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
+            logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False).logits
             rewards[batch] = bt_reward(logits).float().cpu()
     finally:
         model.train(was_training)
@@ -78,12 +80,14 @@ def score(
         tokenizer (`PreTrainedTokenizerBase`): its pad id must be `model.config.pad_token_id`.
         texts: plain texts (prompt + reply) or conversations (lists of `{"role", "content"}` messages).
         batch_size (`int`): sequences per forward; texts are batched by length to waste little padding.
-        max_length (`int`, *optional*): texts longer than this are cut from the left, as in training.
+        max_length (`int`, *optional*): texts longer than this are cut from the left, as in training; default: the
+            `max_length` the model was trained with, recorded in its tokenizer (`trained_max_length`), else no limit.
         progress (`bool`): show a progress bar over the batches.
 
     Returns:
         `torch.Tensor`, float32, shape `(len(texts),)`, on the CPU, in input order: `bt_reward` of each text.
     """
     special_prefix = encode(tokenizer, "")
+    max_length = max_length or trained_max_length(tokenizer)
     ids = [fit_to_length(encode(tokenizer, text), max_length, special_prefix) for text in texts]
     return score_ids(model, tokenizer, ids, batch_size, progress)

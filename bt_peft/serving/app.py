@@ -25,6 +25,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..evaluation.scoring import score_ids
+from ..tokenizer import trained_max_length
 from .batching import MicroBatcher, Unavailable
 from .requests import RequestError, encode_contents, parse_reward_request
 from .settings import ServeSettings
@@ -70,7 +71,8 @@ def create_app(model, tokenizer, settings: ServeSettings) -> Starlette:
 
     Args:
         model, tokenizer: as `load_served_model` returns them (a 2-label model; pad ids equal).
-        settings (`ServeSettings`): limits, batching and the API key (`None`: no key).
+        settings (`ServeSettings`): limits, batching and the API key (`None`: no key); an unset `max_length` is the
+            model's training one (`ServeSettings.for_model`).
 
     Returns:
         `Starlette`: its lifespan starts the `MicroBatcher` (the model runs in the batcher's one worker thread) and,
@@ -78,6 +80,7 @@ def create_app(model, tokenizer, settings: ServeSettings) -> Starlette:
         other thread (a fast tokenizer must not be called from several threads at once), so the event loop never
         waits on either.
     """
+    settings = settings.for_model(trained_max_length(tokenizer))
 
     def score_batch(sequences: list[list[int]]) -> list[float]:
         return score_ids(model, tokenizer, sequences, batch_size=len(sequences)).tolist()

@@ -20,7 +20,7 @@ from ..loss import bradley_terry_loss
 from ..modeling import configure_bradley_terry
 from ..quantization import load_reward_model
 from ..reward import bt_reward
-from ..tokenizer import choose_pad_token, eos_ids_of, set_append_eos
+from ..tokenizer import choose_pad_token, eos_ids_of, record_training_settings
 from ..upstream import require_call, require_methods, upstream_error
 from ..validation import validate_training_setup
 from .checkpointing import SafeCheckpointMixin
@@ -137,7 +137,7 @@ class BradleyTerryRewardTrainer(NonFiniteGuardMixin, SafeCheckpointMixin, Reward
                 get_config_model_id(model.config), trust_remote_code=args.trust_remote_code
             )
         processing_class.pad_token = choose_pad_token(processing_class, eos_ids_of(model.config))
-        set_append_eos(processing_class, getattr(args, "append_eos", False))
+        record_training_settings(processing_class, args, model)
         if data_collator is None:
             data_collator = packed_collator(model, args, processing_class.pad_token_id)
         self.preparation_reports = {}
