@@ -111,3 +111,24 @@ def trained(tiny_llama_dir, tmp_path_factory):
     trainer.save_model(str(output / "adapter"))
     trainer.model.eval()
     return trainer, output / "adapter"
+
+
+@pytest.fixture(scope="session")
+def chat_reward_dirs(tmp_path_factory) -> dict[str, Path]:
+    """A tiny random 2-label reward checkpoint ("merged", head drawn non-zero) with the tokenizer and chat template of
+    the embedded SmolLM2-135M-Instruct (ChatML: a turn closes with `<|im_end|>\\n`, a generation stops at
+    `<|im_end|>`), and its scalar export ("scalar")."""
+    from bt_peft import AutoModelForBradleyTerry, export_reward_model
+    from bt_peft.embedded import EMBEDDED_MODEL, resolve_model
+    from bt_peft.tokenizer import load_tokenizer
+
+    root = tmp_path_factory.mktemp("chat-reward")
+    tokenizer = load_tokenizer(resolve_model(EMBEDDED_MODEL))
+    torch.manual_seed(0)
+    config = tiny_llama_config(len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                               pad_token_id=tokenizer.pad_token_id)
+    model = AutoModelForBradleyTerry.from_config(config)
+    torch.nn.init.normal_(model.score.weight, std=0.5)
+    model.save_pretrained(root / "merged")
+    tokenizer.save_pretrained(root / "merged")
+    return {"merged": root / "merged", "scalar": export_reward_model(root / "merged", root / "scalar", dtype=torch.float32)}
