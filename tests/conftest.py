@@ -113,6 +113,20 @@ def trained(tiny_llama_dir, tmp_path_factory):
     return trainer, output / "adapter"
 
 
+CHAT_CONVERSATIONS = [[{"role": "user", "content": prompt.removeprefix("Human: ").removesuffix(" Assistant:")},
+                       {"role": "assistant", "content": reply.strip()}] for prompt, chosen, rejected in PAIRS for reply in (chosen, rejected)]
+"""`PAIRS` as 8 two-message conversations (a user prompt, an assistant reply)."""
+
+
+def openrlhf_query(tokenizer, conversation: list[dict]) -> str:
+    """What OpenRLHF 0.11.2's PPO posts for a conversation (`utils/agent.py`): the prompt rendered with
+    `add_generation_prompt=True`, then the generated ids, which stop at the eos (a chat model's end-of-turn token),
+    decoded with their special tokens: `decode(prompt_ids + generated_ids, skip_special_tokens=False)`."""
+    prompt_ids = tokenizer.apply_chat_template(conversation[:-1], add_generation_prompt=True, tokenize=True)["input_ids"]
+    generated_ids = tokenizer(conversation[-1]["content"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    return tokenizer.decode(prompt_ids + generated_ids, skip_special_tokens=False)
+
+
 @pytest.fixture(scope="session")
 def chat_reward_dirs(tmp_path_factory) -> dict[str, Path]:
     """A tiny random 2-label reward checkpoint ("merged", head drawn non-zero) with the tokenizer and chat template of

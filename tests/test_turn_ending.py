@@ -12,18 +12,8 @@ from trl import GRPOConfig, GRPOTrainer
 from bt_peft import load_for_scoring, score, score_ids
 from bt_peft.data import encode
 from bt_peft.tokenizer import complete_turn, turn_ending
-from conftest import PAIRS, build_tokenizer
-
-CONVERSATIONS = [[{"role": "user", "content": prompt.removeprefix("Human: ").removesuffix(" Assistant:")},
-                  {"role": "assistant", "content": reply.strip()}] for prompt, chosen, rejected in PAIRS for reply in (chosen, rejected)]
-
-
-def openrlhf_query(tokenizer, conversation: list[dict]) -> str:
-    """What OpenRLHF 0.11.2's PPO posts (`utils/agent.py`): the prompt rendered with `add_generation_prompt=True`, then
-    the generated ids, which stop at the end-of-turn token, decoded with their special tokens."""
-    prompt_ids = tokenizer.apply_chat_template(conversation[:-1], add_generation_prompt=True, tokenize=True)["input_ids"]
-    generated_ids = tokenizer(conversation[-1]["content"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-    return tokenizer.decode(prompt_ids + generated_ids, skip_special_tokens=False)
+from conftest import CHAT_CONVERSATIONS as CONVERSATIONS
+from conftest import build_tokenizer, openrlhf_query
 
 
 @pytest.fixture(scope="module")
