@@ -267,7 +267,6 @@ def test_64_concurrent_clients_each_get_their_own_rewards(server, reference):
     (b'{"query": ["fine", "lone \\ud800 surrogate"]}', 400, "query[1]"),
     (b'{"messages": [[{"role": "user", "content": "\\udfff"}]]}', 400, "messages[0][0].content"),
     (b'{"messages": [[{"role": "user", "content": "hi", "\\ud800": 1}]]}', 400, "messages[0][0] (a key)"),
-    ({"query": ["Human: hi " + "word " * 600]}, 413, "query[0]"),  # refused on its first 2,048 characters
     ({"query": ["<|endoftext|></s><|endoftext|>"]}, 400, "query[0]"),  # nothing but padding
 ])
 def test_bad_requests_get_a_json_error_naming_the_field_and_the_server_keeps_serving(server, body, status, field):
@@ -313,7 +312,8 @@ def test_a_scalar_checkpoint_is_served_as_its_logit_0_and_long_texts_are_cut_lik
     path = checkpoints["scalar"]
     plain = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32).eval()
     tokenizer = load_for_scoring(checkpoints["merged"])[1]
-    texts = [text_of(3, 2), text_of(4, 60), text_of(5, 120)]
+    texts = [text_of(3, 2), text_of(4, 60), text_of(5, 120), text_of(6, 2000)]  # the last two: tokenized from the end
+    assert len(texts[3]) > 16 * 32 * 10  # 16 x --max_length characters are tokenized, a tenth of it
     special_prefix = encode(tokenizer, "")
     with torch.no_grad():
         expected = [plain(input_ids=torch.tensor([fit_to_length(encode(tokenizer, text), 32, special_prefix)])).logits[0, 0].item()
@@ -321,7 +321,7 @@ def test_a_scalar_checkpoint_is_served_as_its_logit_0_and_long_texts_are_cut_lik
     served = fleet["scalar"]
     served.wait_ready()
     assert served.rewards(texts) == pytest.approx(expected, abs=1e-5)
-    assert len(set(expected)) == 3
+    assert len(set(expected)) == 4
 
 
 def test_sigterm_lets_requests_in_flight_finish_then_exits_0(fleet, reference):
@@ -356,6 +356,19 @@ def test_load_in_4bit_quantizes_the_body_and_keeps_the_reward_head(checkpoints, 
     texts = [text_of(7, 5), text_of(8, 30)]
     quantized, exact = score(model, tokenizer, texts), score(*reference, texts)
     assert torch.allclose(quantized, exact, atol=0.2 * exact.abs().max().item()) and not torch.equal(quantized, exact)
+
+
+def test_an_over_long_text_is_refused_on_its_first_characters(server):
+    code, answer = server.request("POST", "/get_reward", {"query": ["Human: hi " + "word " * 600]})
+    assert (code, answer["field"]) == (413, "query[0]"), answer
+    assert "its first 2048 characters alone make" in answer["error"]  # 16 x --max_length 128, not all 3,010
+
+
+def test_the_buffer_budget_must_hold_one_body():
+    from bt_peft.serving.settings import ServeSettings
+
+    with pytest.raises(ValueError, match="--max_buffered_bytes"):
+        ServeSettings(max_body_bytes=4096, max_buffered_bytes=4095)
 
 
 def test_conversations_on_a_tokenizer_without_a_chat_template_are_a_400(fleet):

@@ -174,12 +174,14 @@ def strip_padding(text: str, padding: Padding) -> str:
 
 
 PROBE_CHARACTERS_PER_TOKEN = 16
-"""A text longer than `max_length` times this many characters is first tokenized only that far: when those characters
-alone make more than `max_length` (+ `PROBE_MARGIN`) tokens, the text is refused without tokenizing the rest (a few
-MiB of text would take seconds and hundreds of MB). Texts of longer tokens are tokenized whole, as before."""
+"""A text longer than `max_length` times this many characters is tokenized only that far (a few MiB of text would
+take seconds and about 1 GB): without `--truncate`, its beginning, and when those characters alone make more than
+`max_length` (+ `PROBE_MARGIN`) tokens, it is refused; with `--truncate`, a query text's end, and when it makes more
+than `max_length` + `PROBE_MARGIN` tokens, the cut keeps the last of them (the tokens of a text's end do not depend on
+text `PROBE_MARGIN` tokens before them: tokenizers split words apart first). Otherwise the text is tokenized whole."""
 
 PROBE_MARGIN = 32
-"""Tokens allowed for the word cut at the end of a probed prefix (a cut word may make more tokens than whole)."""
+"""Tokens allowed for the word cut where a probed window starts or ends (a cut word may make more tokens than whole)."""
 
 
 def probe_length(tokenizer, content: Content, max_length: int) -> int | None:
@@ -208,8 +210,9 @@ def encode_contents(tokenizer, form: str, contents: list[Content], max_length: i
         contents (`list`): what `parse_reward_request` returned.
         max_length (`int`): the most tokens per text.
         truncate (`bool`): cut longer texts from the left keeping the leading special tokens, as training does
-            (`score(..., max_length=max_length)` gives the same rewards); otherwise refuse them, a long text after
-            tokenizing only its beginning (`probe_length`).
+            (`score(..., max_length=max_length)` gives the same rewards; a long query text is tokenized from its end
+            only, `PROBE_CHARACTERS_PER_TOKEN`); otherwise refuse them, a long text after tokenizing only its
+            beginning (`probe_length`).
         padding (`Padding`, *optional*): strip these from the ends of each query text first (`strip_padding`).
 
     Returns:
@@ -237,8 +240,13 @@ def encode_contents(tokenizer, form: str, contents: list[Content], max_length: i
                 and probed > max_length + PROBE_MARGIN:
             raise RequestError(413, where, f"its first {max_length * PROBE_CHARACTERS_PER_TOKEN} characters alone make "
                                f"{probed} tokens, {refusal}")
+        ids = None
+        if truncate and isinstance(content, str) and len(content) > max_length * PROBE_CHARACTERS_PER_TOKEN:
+            ids = encode(tokenizer, content[-max_length * PROBE_CHARACTERS_PER_TOKEN:])  # what the cut keeps, and more
+            if len(ids) <= max_length + PROBE_MARGIN:  # too few tokens to be sure: the whole text
+                ids = None
         try:
-            ids = encode(tokenizer, content)
+            ids = encode(tokenizer, content) if ids is None else ids
         except jinja2.TemplateError as error:  # the template's own raise_exception, e.g. on roles out of order
             raise RequestError(400, where, f"the chat template refuses this conversation: {error}") from None
         if len(ids) > max_length and not truncate:
