@@ -22,7 +22,7 @@ from pathlib import Path
 import datasets
 import pyarrow
 
-from .tokenizer import appends_eos
+from .tokenizer import appends_eos, complete_turn
 
 HH_HUMAN = "\n\nHuman:"
 HH_ASSISTANT = "\n\nAssistant:"
@@ -184,12 +184,14 @@ def encode(tokenizer, content: Content) -> list[int]:
 
     Returns:
         `list[int]`: token ids. A text gets the tokenizer's own special tokens (e.g. a leading BOS), except a second
-        BOS when the text already starts with one (as OpenRLHF sends chat-template text). Messages are rendered with
-        the chat template, whose text carries its own special tokens, and tokenized without adding any. Nothing is
+        BOS when the text already starts with one (as OpenRLHF sends chat-template text); a text that stops at the chat
+        template's end-of-turn token (a finished generation, as OpenRLHF sends it) is completed as the template
+        closes a turn (`bt_peft.tokenizer.complete_turn`: `<|im_end|>` -> `<|im_end|>\\n`). Messages are rendered with
+        the chat template, whose text carries its own special tokens, and tokenized without adding any. Nothing else is
         appended, unless the tokenizer records `append_eos` (`bt_peft.tokenizer.appends_eos`): then trailing
         newlines are removed and the ids end with one eos token (OpenRLHF's convention: a generation ends at eos).
     """
-    text = content if isinstance(content, str) else tokenizer.apply_chat_template(content, tokenize=False)
+    text = complete_turn(tokenizer, content) if isinstance(content, str) else tokenizer.apply_chat_template(content, tokenize=False)
     append_eos = appends_eos(tokenizer)
     if append_eos:
         text = text.rstrip("\n")

@@ -1,12 +1,15 @@
-"""Tokenizer set-up: a pad token distinct from eos, so training and serving read the same token, and the record of
-the training settings that scoring repeats (`append_eos`, `max_length`, the compute dtype), saved with the tokenizer."""
+"""Tokenizer set-up: a pad token distinct from eos, so training and serving read the same token, the record of
+the training settings that scoring repeats (`append_eos`, `max_length`, the compute dtype), saved with the tokenizer,
+and how the chat template closes a turn (`turn_ending`)."""
 
 import json
 import logging
 import os
+import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import jinja2
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 if TYPE_CHECKING:
@@ -172,3 +175,56 @@ def eos_ids_of(config) -> set[int]:
     if eos is None:
         return set()
     return set(eos) if isinstance(eos, (list, tuple)) else {eos}
+
+
+TURN_PROBE = "bt-peft-turn-end-probe"
+"""The content of the assistant message rendered by `turn_ending` (found again in the rendering)."""
+
+_turn_endings: "weakref.WeakKeyDictionary[PreTrainedTokenizerBase, tuple[str | None, tuple[str, str] | None]]" = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def turn_ending(tokenizer: PreTrainedTokenizerBase) -> tuple[str, str] | None:
+    """How the tokenizer's chat template closes an assistant turn: its end-of-turn token and what follows it.
+
+    Renders `[user, assistant]` with the chat template and reads what follows the assistant's content: a special token
+    (the end-of-turn token a chat model's generation stops at, e.g. SmolLM2's and Qwen2.5's `<|im_end|>`, Llama-3's
+    `<|eot_id|>`), then the rest of the rendering (`"\\n"` for ChatML, `""` for Llama-3). Cached per tokenizer and
+    chat template.
+
+    Returns:
+        `(end_of_turn_token, suffix)`, or None when the tokenizer has no chat template, the template does not render
+        such a conversation, or no special token follows the assistant's content.
+    """
+    template = tokenizer.chat_template
+    cached = _turn_endings.get(tokenizer)
+    if cached is not None and cached[0] == template:
+        return cached[1]
+    ending = None
+    if isinstance(template, str):
+        conversation = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": TURN_PROBE}]
+        try:
+            rendered = tokenizer.apply_chat_template(conversation, tokenize=False)
+        except (jinja2.TemplateError, ValueError, TypeError) as error:  # a template that refuses this conversation
+            logger.debug("chat template does not render %s: %s", conversation, error)
+            rendered = ""
+        _, found, rest = rendered.rpartition(TURN_PROBE)
+        special = {token.content for token in tokenizer.added_tokens_decoder.values() if token.special}
+        special |= set(tokenizer.all_special_tokens)
+        tokens = sorted((token for token in special if found and rest.startswith(token)), key=len, reverse=True)
+        if tokens:
+            ending = (tokens[0], rest[len(tokens[0]):])
+    _turn_endings[tokenizer] = (template, ending)
+    return ending
+
+
+def complete_turn(tokenizer: PreTrainedTokenizerBase, text: str) -> str:
+    """A text that stops at the chat template's end-of-turn token (a chat model's finished generation) completed the
+    way the template closes the turn (`turn_ending`), e.g. `...<|im_end|>` -> `...<|im_end|>\\n`: the reward of a
+    model trained on rendered conversations is read at the token where training read it. Other texts are returned
+    unchanged."""
+    ending = turn_ending(tokenizer)
+    if ending is None or not ending[1] or not text.endswith(ending[0]):
+        return text
+    return text + ending[1]

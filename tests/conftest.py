@@ -111,3 +111,38 @@ def trained(tiny_llama_dir, tmp_path_factory):
     trainer.save_model(str(output / "adapter"))
     trainer.model.eval()
     return trainer, output / "adapter"
+
+
+CHAT_CONVERSATIONS = [[{"role": "user", "content": prompt.removeprefix("Human: ").removesuffix(" Assistant:")},
+                       {"role": "assistant", "content": reply.strip()}] for prompt, chosen, rejected in PAIRS for reply in (chosen, rejected)]
+"""`PAIRS` as 8 two-message conversations (a user prompt, an assistant reply)."""
+
+
+def openrlhf_query(tokenizer, conversation: list[dict]) -> str:
+    """What OpenRLHF 0.11.2's PPO posts for a conversation (`utils/agent.py`): the prompt rendered with
+    `add_generation_prompt=True`, then the generated ids, which stop at the eos (a chat model's end-of-turn token),
+    decoded with their special tokens: `decode(prompt_ids + generated_ids, skip_special_tokens=False)`."""
+    prompt_ids = tokenizer.apply_chat_template(conversation[:-1], add_generation_prompt=True, tokenize=True)["input_ids"]
+    generated_ids = tokenizer(conversation[-1]["content"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    return tokenizer.decode(prompt_ids + generated_ids, skip_special_tokens=False)
+
+
+@pytest.fixture(scope="session")
+def chat_reward_dirs(tmp_path_factory) -> dict[str, Path]:
+    """A tiny random 2-label reward checkpoint ("merged", head drawn non-zero) with the tokenizer and chat template of
+    the embedded SmolLM2-135M-Instruct (ChatML: a turn closes with `<|im_end|>\\n`, a generation stops at
+    `<|im_end|>`), and its scalar export ("scalar")."""
+    from bt_peft import AutoModelForBradleyTerry, export_reward_model
+    from bt_peft.embedded import EMBEDDED_MODEL, resolve_model
+    from bt_peft.tokenizer import load_tokenizer
+
+    root = tmp_path_factory.mktemp("chat-reward")
+    tokenizer = load_tokenizer(resolve_model(EMBEDDED_MODEL))
+    torch.manual_seed(0)
+    config = tiny_llama_config(len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                               pad_token_id=tokenizer.pad_token_id)
+    model = AutoModelForBradleyTerry.from_config(config)
+    torch.nn.init.normal_(model.score.weight, std=0.5)
+    model.save_pretrained(root / "merged")
+    tokenizer.save_pretrained(root / "merged")
+    return {"merged": root / "merged", "scalar": export_reward_model(root / "merged", root / "scalar", dtype=torch.float32)}

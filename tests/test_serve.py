@@ -23,7 +23,7 @@ from bt_peft import AutoModelForBradleyTerry, load_for_scoring, score
 from bt_peft.data import encode, fit_to_length
 from bt_peft.serving.batching import plan_batches
 from bt_peft.tokenizer import choose_pad_token, set_append_eos
-from conftest import CORPUS, build_tokenizer, tiny_llama_config
+from conftest import CHAT_CONVERSATIONS, CORPUS, build_tokenizer, openrlhf_query, tiny_llama_config
 
 ROOT = Path(__file__).resolve().parents[1]
 WORDS = " ".join(CORPUS).split()
@@ -37,8 +37,8 @@ def text_of(index: int, words: int) -> str:
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory) -> dict[str, Path]:
-    """A tiny 2-label reward checkpoint with a random (non-zero) head, its 1-label scalar form (head = row 1), and the
-    same model with a tokenizer that records `append_eos`."""
+    """A tiny 2-label reward checkpoint with a random (non-zero) head, its 1-label scalar form (head = row 1; its
+    tokenizer has no chat template), and the same model with a tokenizer that records `append_eos`."""
     root = tmp_path_factory.mktemp("serve")
     tokenizer = build_tokenizer()
     tokenizer.pad_token = choose_pad_token(tokenizer)
@@ -52,7 +52,9 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:
     state["score.weight"] = state["score.weight"][1:]
     scalar.load_state_dict(state)
     scalar.save_pretrained(root / "scalar")
-    tokenizer.save_pretrained(root / "scalar")
+    template, tokenizer.chat_template = tokenizer.chat_template, None
+    tokenizer.save_pretrained(root / "scalar")  # a tokenizer without a chat template: conversations are refused
+    tokenizer.chat_template = template
     model.save_pretrained(root / "merged-eos")
     set_append_eos(tokenizer, True)
     tokenizer.save_pretrained(root / "merged-eos")
@@ -97,7 +99,7 @@ class Server:
         assert status == 200, answer
         return answer["rewards"]
 
-    def wait_ready(self, headers: dict | None = None, timeout: float = 180) -> None:
+    def wait_ready(self, headers: dict | None = None, timeout: float = 300) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert self.process.poll() is None, f"the server exited: {self.log.read_text()[-3000:]}"
@@ -118,23 +120,27 @@ KEY_HEADER = {"Authorization": f"Bearer {API_KEY}"}
 
 
 @pytest.fixture(scope="module")
-def fleet(checkpoints, tmp_path_factory):
+def fleet(checkpoints, chat_reward_dirs, tmp_path_factory):
     """Every server of this file, started at once so that their start-ups (mostly imports) overlap:
     - main: the merged checkpoint with small request limits;
-    - strict: an API key from the environment and a queue of 4 texts, each waiting up to 1.5 s for a batch;
+    - strict: an API key from the environment, a queue of 4 texts, each waiting up to 1.5 s for a batch, at most 3
+      requests in flight and 8,192 bytes of bodies buffered, padding scored as sent (--strip_pad false);
     - scalar: the 1-label checkpoint, long texts cut to 32 tokens;
     - sigterm: the merged checkpoint, texts waiting up to 1.5 s (stopped by its test);
-    - eos: the append_eos checkpoint."""
+    - eos: the append_eos checkpoint;
+    - chat: a tiny model with SmolLM2's tokenizer and chat template."""
     logs = tmp_path_factory.mktemp("logs")
     merged, scalar = checkpoints["merged"], checkpoints["scalar"]
     servers = {
         "main": Server(merged, ["--max_length", "128", "--max_texts", "8", "--max_body_bytes", "4096", "--max_wait_ms", "20"],
                        logs / "main.log"),
-        "strict": Server(merged, ["--max_queue", "4", "--max_texts", "4", "--max_wait_ms", "1500"], logs / "strict.log",
-                         env={"BT_PEFT_API_KEY": API_KEY}),
+        "strict": Server(merged, ["--max_queue", "4", "--max_texts", "4", "--max_wait_ms", "1500", "--max_requests", "3",
+                                  "--max_body_bytes", "4096", "--max_buffered_bytes", "8192", "--strip_pad", "false"],
+                         logs / "strict.log", env={"BT_PEFT_API_KEY": API_KEY}),
         "scalar": Server(scalar, ["--truncate", "--max_length", "32"], logs / "scalar.log"),
         "sigterm": Server(merged, ["--max_wait_ms", "1500"], logs / "sigterm.log"),
         "eos": Server(checkpoints["merged-eos"], [], logs / "eos.log"),
+        "chat": Server(chat_reward_dirs["merged"], [], logs / "chat.log"),
     }
     try:
         yield servers
@@ -257,6 +263,11 @@ def test_64_concurrent_clients_each_get_their_own_rewards(server, reference):
     ({"query": ["a"] * 9}, 413, "query"),
     ({"query": ["short", text_of(0, 200)]}, 413, "query[1]"),
     ({"query": ["x" * 5000]}, 413, "body"),
+    (b'{"query": ' + b"[" * 2000 + b"]" * 2000 + b"}", 400, "body"),  # RecursionError in json
+    (b'{"query": ["fine", "lone \\ud800 surrogate"]}', 400, "query[1]"),
+    (b'{"messages": [[{"role": "user", "content": "\\udfff"}]]}', 400, "messages[0][0].content"),
+    (b'{"messages": [[{"role": "user", "content": "hi", "\\ud800": 1}]]}', 400, "messages[0][0] (a key)"),
+    ({"query": ["<|endoftext|></s><|endoftext|>"]}, 400, "query[0]"),  # nothing but padding
 ])
 def test_bad_requests_get_a_json_error_naming_the_field_and_the_server_keeps_serving(server, body, status, field):
     code, answer = server.request("POST", "/get_reward", body)
@@ -301,7 +312,8 @@ def test_a_scalar_checkpoint_is_served_as_its_logit_0_and_long_texts_are_cut_lik
     path = checkpoints["scalar"]
     plain = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32).eval()
     tokenizer = load_for_scoring(checkpoints["merged"])[1]
-    texts = [text_of(3, 2), text_of(4, 60), text_of(5, 120)]
+    texts = [text_of(3, 2), text_of(4, 60), text_of(5, 120), text_of(6, 2000)]  # the last two: tokenized from the end
+    assert len(texts[3]) > 16 * 32 * 10  # 16 x --max_length characters are tokenized, a tenth of it
     special_prefix = encode(tokenizer, "")
     with torch.no_grad():
         expected = [plain(input_ids=torch.tensor([fit_to_length(encode(tokenizer, text), 32, special_prefix)])).logits[0, 0].item()
@@ -309,7 +321,7 @@ def test_a_scalar_checkpoint_is_served_as_its_logit_0_and_long_texts_are_cut_lik
     served = fleet["scalar"]
     served.wait_ready()
     assert served.rewards(texts) == pytest.approx(expected, abs=1e-5)
-    assert len(set(expected)) == 3
+    assert len(set(expected)) == 4
 
 
 def test_sigterm_lets_requests_in_flight_finish_then_exits_0(fleet, reference):
@@ -344,3 +356,166 @@ def test_load_in_4bit_quantizes_the_body_and_keeps_the_reward_head(checkpoints, 
     texts = [text_of(7, 5), text_of(8, 30)]
     quantized, exact = score(model, tokenizer, texts), score(*reference, texts)
     assert torch.allclose(quantized, exact, atol=0.2 * exact.abs().max().item()) and not torch.equal(quantized, exact)
+
+
+def test_an_over_long_text_is_refused_on_its_first_characters(server):
+    code, answer = server.request("POST", "/get_reward", {"query": ["Human: hi " + "word " * 600]})
+    assert (code, answer["field"]) == (413, "query[0]"), answer
+    assert "its first 2048 characters alone make" in answer["error"]  # 16 x --max_length 128, not all 3,010
+
+
+def test_the_buffer_budget_must_hold_one_body():
+    from bt_peft.serving.settings import ServeSettings
+
+    with pytest.raises(ValueError, match="--max_buffered_bytes"):
+        ServeSettings(max_body_bytes=4096, max_buffered_bytes=4095)
+
+
+def test_conversations_on_a_tokenizer_without_a_chat_template_are_a_400(fleet):
+    served = fleet["scalar"]
+    served.wait_ready()
+    code, answer = served.request("POST", "/get_reward", {"messages": [CONVERSATION]})
+    assert (code, answer["field"]) == (400, "messages") and "no chat template" in answer["error"], answer
+    code, answer = served.request("POST", "/get_reward", b'{"query": [' + b"7" * 5000 + b"]}")  # > 4,300 digits
+    assert (code, answer["field"]) == (400, "body") and "not valid JSON" in answer["error"], answer
+    assert len(served.rewards(["Human: still there?"])) == 1
+
+
+def malformed_bodies(count: int, seed: int = 0) -> list[bytes]:
+    """`count` request bodies a server must refuse (each a client fault), drawn from generators of bad types, nesting,
+    sizes, encodings, unicode and empty values (the main server's limits: 8 texts, 128 tokens, 4,096 bytes)."""
+    import random
+
+    rng = random.Random(seed)
+    scalars = [None, True, 0, -1, 3.5, 1e308, "", "text", [], {}]
+
+    def nested(depth: int, brackets: bool = False) -> bytes:
+        opener, closer = (b"[", b"]") if brackets else rng.choice([(b"[", b"]"), (b'{"a":', b"}")])
+        return opener * depth + b"1" + closer * depth
+
+    def message(**fields) -> dict:
+        return {"role": "user", "content": "hi"} | fields
+
+    generators = [
+        lambda: json.dumps(rng.choice(scalars + [["a"], "query"])).encode(),  # not an object
+        lambda: json.dumps({"query": rng.choice(scalars[:-3] + [{}, {"0": "a"}])}).encode(),  # query not a list
+        lambda: json.dumps({"query": ["ok", rng.choice(scalars[:5] + [["a"], {}, ""])]}).encode(),  # a bad element
+        lambda: json.dumps({"messages": [[rng.choice([message(role=rng.choice(["", "bot", None, 1])),
+                                                      message(content=rng.choice([None, 1, ["a"], {}])),
+                                                      {"role": "user"}, {"content": "hi"}, "hi", []])]]}).encode(),
+        lambda: json.dumps({"messages": rng.choice([[], [[]], ["hi"], [{}], [[[]]]])}).encode(),
+        lambda: json.dumps({rng.choice(["Query", "queries", "prompts", ""]): ["hi"]}).encode(),  # neither field
+        lambda: json.dumps({"query": ["hi"], "messages": [[message()]]}).encode(),  # both
+        lambda: b'{"query": ' + nested(rng.randrange(1100, 2000), brackets=True) + b"}",  # past the recursion limit
+        lambda: b'{"query": [' + nested(rng.randrange(2, 50)) + b"]}",  # nested elements
+        lambda: json.dumps({"query": ["a"] * rng.randrange(9, 40)}).encode(),  # too many texts
+        lambda: json.dumps({"query": ["word " * rng.randrange(200, 800)]}).encode(),  # too many tokens or bytes
+        lambda: b'{"query": ["' + b"x" * rng.randrange(4100, 20000) + b'"]}',  # body too large
+        lambda: rng.choice([b"", b"{", b'{"query": ["a"]', b'{"query": [,]}', b"\x00", b"nul", b'{"query": ["a"]}}']),
+        lambda: b'{"query": ["' + bytes(rng.choice([[0xff], [0xc3], [0xed, 0xa0, 0x80], [0xc0, 0xaf], [0x80]])) + b'"]}',
+        lambda: json.dumps({"query": ["hi", "\\u" + rng.choice(["d800", "dbff", "dc00", "dfff"])]}).encode().replace(b"\\\\u", b"\\u"),
+        lambda: json.dumps({"messages": [[message(content="\\udfff")]]}).encode().replace(b"\\\\u", b"\\u"),
+        lambda: json.dumps({"query": ["ok", rng.choice(["", "<|endoftext|>", "</s><|endoftext|>"])]}).encode(),  # empty
+        lambda: json.dumps({"query": ["a"], "extra": nested(10).decode()}).encode()[:-1],  # cut short
+    ]
+    return [rng.choice(generators)() for _ in range(count)]
+
+
+def test_a_fuzz_of_malformed_bodies_gets_only_4xx_and_the_server_stays_correct(server, reference):
+    bodies = malformed_bodies(300)
+    assert len(set(bodies)) > 100  # generated, not one body repeated
+    statuses = {}
+    for body in bodies:
+        code, answer = server.request("POST", "/get_reward", body)
+        statuses[code] = statuses.get(code, 0) + 1
+        assert 400 <= code < 500 and code != 404, (code, answer, body[:200])
+        assert answer["error"] and (answer["field"] is None or answer["error"].startswith(answer["field"]))
+    assert set(statuses) <= {400, 413} and len(statuses) == 2, statuses
+    assert server.process.poll() is None
+    texts = [text_of(30, 5), text_of(31, 12)]
+    assert server.rewards(texts) == pytest.approx(score(*reference, texts).tolist(), abs=1e-5)
+
+
+def open_body(server: Server, declared: int, sent: bytes) -> "http.client.HTTPConnection":
+    """A POST /get_reward that declares a `declared`-byte body and sends only `sent` of it (the rest: `send`)."""
+    import http.client
+
+    connection = http.client.HTTPConnection("127.0.0.1", int(server.url.rsplit(":", 1)[1]), timeout=60)
+    connection.putrequest("POST", "/get_reward")
+    connection.putheader("Content-Length", str(declared))
+    connection.putheader("Authorization", KEY_HEADER["Authorization"])
+    connection.endheaders(sent)
+    return connection
+
+
+def answer_of(connection) -> tuple[int, dict]:
+    response = connection.getresponse()
+    return response.status, json.loads(response.read())
+
+
+def test_requests_in_flight_and_buffered_bytes_are_bounded_before_reading(strict_server, reference):
+    """3 requests in flight at most, 8,192 bytes of bodies buffered at most: beyond, 503 at once, before the body is
+    read (the refused requests below send none); /health answers meanwhile; the held requests are then scored right."""
+    served = strict_server
+    texts = [text_of(40 + k, 3 + k) for k in range(3)]
+    bodies = [json.dumps({"query": [text]}).encode() for text in texts]
+    big = 4000  # two bodies of 4,000 bytes fill most of the 8,192-byte budget
+    bodies[:2] = [body[:-1] + b" " * (big - len(body)) + b"}" for body in bodies[:2]]
+    first_bytes = [100, 100, 10]
+    held = [open_body(served, len(body), body[:sent]) for body, sent in zip(bodies[:2], first_bytes)]
+    time.sleep(0.5)  # both are being read: 8,000 bytes reserved
+    started = time.monotonic()
+    code, answer = answer_of(open_body(served, 1000, b""))
+    assert (code, answer["field"]) == (503, None) and "--max_buffered_bytes" in answer["error"], answer
+    assert served.request("GET", "/health", headers=KEY_HEADER)[0] == 200
+    held.append(open_body(served, len(bodies[2]), bodies[2][:first_bytes[2]]))  # the 3rd in flight fits the budget
+    time.sleep(0.5)
+    code, answer = answer_of(open_body(served, 10, b""))
+    assert (code, answer["field"]) == (503, None) and "--max_requests" in answer["error"], answer
+    assert time.monotonic() - started < 5 and served.request("GET", "/health", headers=KEY_HEADER)[0] == 200
+    for connection, body, sent in zip(held, bodies, first_bytes):
+        connection.send(body[sent:])
+    answers = [answer_of(connection) for connection in held]
+    assert [code for code, _ in answers] == [200] * 3
+    assert [answer["rewards"][0] for _, answer in answers] == pytest.approx(score(*reference, texts).tolist(), abs=1e-5)
+    assert len(served.rewards(["Human: all released?"], headers=KEY_HEADER)) == 1
+
+
+def openrlhf_remote_rewards(url: str, queries: list[str]) -> list[float]:
+    """OpenRLHF's remote reward client (`utils/remote_rm_utils.py`, `request_api_wrapper`): `requests.post(url,
+    json={"query": ..., "prompts": ..., "labels": ...})`, the "rewards" of the answer."""
+    import requests
+
+    response = requests.post(url + "/get_reward", json={"query": queries, "prompts": None, "labels": None},
+                             headers={"Content-Type": "application/json"}, timeout=180)
+    response.raise_for_status()
+    return response.json()["rewards"]
+
+
+def test_openrlhf_chat_queries_padded_or_not_get_the_trained_reward(fleet, chat_reward_dirs):
+    """OpenRLHF 0.11.2's PPO posts `decode(prompt_ids + generated_ids, skip_special_tokens=False)`, the generation
+    stopping at `<|im_end|>` where training rendered `<|im_end|>\\n`; older releases post `batch_decode` of the padded
+    batch (left-padded prompts, right-padded generations; the policy pads with its pad token or its eos). Every form
+    gets the reward of the conversation as trained."""
+    model, tokenizer = load_for_scoring(chat_reward_dirs["merged"])
+    trained = score(model, tokenizer, CHAT_CONVERSATIONS).tolist()
+    queries = [openrlhf_query(tokenizer, conversation) for conversation in CHAT_CONVERSATIONS]
+    padded = [pad * (k % 3) + query + pad * (1 + k % 2) for k, query in enumerate(queries)
+              for pad in ("<|endoftext|>", "<|im_end|>")]
+    served = fleet["chat"]
+    served.wait_ready()
+    assert openrlhf_remote_rewards(served.url, queries) == pytest.approx(trained, abs=1e-5)
+    assert openrlhf_remote_rewards(served.url, padded) == pytest.approx([r for r in trained for _ in range(2)], abs=1e-5)
+    as_sent = score(model, tokenizer, padded).tolist()  # the pads scored as text: another reward
+    assert max(abs(a - b) for a, b in zip(as_sent, [r for r in trained for _ in range(2)])) > 1e-3
+    assert len(encode(tokenizer, padded[2])) > len(encode(tokenizer, queries[1]))
+
+
+def test_strip_pad_false_scores_padding_as_sent(strict_server, server, reference):
+    text = text_of(50, 6)
+    padded = "<|endoftext|>" * 2 + text + "</s><|endoftext|>"
+    as_sent = strict_server.rewards([padded], headers=KEY_HEADER)
+    assert as_sent == pytest.approx(score(*reference, [padded]).tolist(), abs=1e-5)
+    unpadded = score(*reference, [text + "</s>"]).tolist()
+    assert server.rewards([padded]) == pytest.approx(unpadded, abs=1e-5)  # --strip_pad (the default)
+    assert abs(as_sent[0] - unpadded[0]) > 1e-3

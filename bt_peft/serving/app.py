@@ -4,8 +4,9 @@
     GET  /health       {"status": "ok", "waiting": <texts waiting to be scored>}
 
 Errors are JSON, `{"error": "<field>: <what is wrong>", "field": <field or null>}`: 400 bad body, 401 missing or wrong
-API key, 404/405 unknown route or method, 413 body, text count or text length over the limits, 503 the queue is full
-(retry later) or the server is stopping, 500 the model failed on a batch (the server keeps serving).
+API key, 404/405 unknown route or method, 413 body, text count or text length over the limits, 503 too many requests
+in flight, too many body bytes buffered or the queue is full (retry later; all three before tokenizing) or the server
+is stopping, 500 the model failed on a batch (the server keeps serving).
 """
 
 import asyncio
@@ -26,8 +27,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..evaluation.scoring import score_ids
 from ..tokenizer import trained_max_length
+from .admission import Admission
 from .batching import MicroBatcher, Unavailable
-from .requests import RequestError, encode_contents, parse_reward_request
+from .requests import Padding, RequestError, encode_contents, parse_reward_request
 from .settings import ServeSettings
 
 logger = logging.getLogger(__name__)
@@ -52,20 +54,6 @@ class BearerAuth:
         await self.app(scope, receive, send)
 
 
-async def read_body(request: Request, max_bytes: int) -> bytes:
-    """The request body, refused with 413 as soon as it exceeds `max_bytes` (by its Content-Length or while read)."""
-    too_large = RequestError(413, "body", f"larger than this server's limit of {max_bytes} bytes (--max_body_bytes)")
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > max_bytes:
-        raise too_large
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > max_bytes:
-            raise too_large
-    return bytes(body)
-
-
 def create_app(model, tokenizer, settings: ServeSettings) -> Starlette:
     """The reward server's ASGI app over a loaded model.
 
@@ -85,11 +73,14 @@ def create_app(model, tokenizer, settings: ServeSettings) -> Starlette:
     def score_batch(sequences: list[list[int]]) -> list[float]:
         return score_ids(model, tokenizer, sequences, batch_size=len(sequences)).tolist()
 
-    def prepare(body: bytes) -> tuple[str, list[list[int]]]:
-        form, contents = parse_reward_request(body, settings.max_texts)
-        return form, encode_contents(tokenizer, form, contents, settings.max_length, settings.truncate)
-
     batcher = MicroBatcher(score_batch, settings.token_budget, settings.max_wait_ms / 1000, settings.max_queue)
+    padding = Padding.of(tokenizer) if settings.strip_pad else None
+    admission = Admission(settings.max_requests, settings.max_buffered_bytes, settings.max_body_bytes)
+
+    def prepare(body: bytearray) -> tuple[str, list[list[int]]]:
+        form, contents = parse_reward_request(body, settings.max_texts)
+        batcher.check_room(len(contents))  # a full queue refuses before tokenizing (submit checks again)
+        return form, encode_contents(tokenizer, form, contents, settings.max_length, settings.truncate, padding)
 
     tokenizing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bt-peft-tokenizer")
 
@@ -104,12 +95,13 @@ def create_app(model, tokenizer, settings: ServeSettings) -> Starlette:
         return JSONResponse({"status": "ok", "waiting": batcher.waiting})
 
     async def get_reward(request: Request) -> JSONResponse:
-        body = await read_body(request, settings.max_body_bytes)
-        form, sequences = await asyncio.get_running_loop().run_in_executor(tokenizing, prepare, body)
-        try:
-            rewards = await batcher.submit(sequences)
-        except Unavailable as error:
-            raise RequestError(503, None, f"{error}; retry later") from None
+        with admission.request():
+            try:
+                async with admission.body(request) as body:
+                    form, sequences = await asyncio.get_running_loop().run_in_executor(tokenizing, prepare, body)
+                rewards = await batcher.submit(sequences)
+            except Unavailable as error:
+                raise RequestError(503, None, f"{error}; retry later") from None
         for index, reward in enumerate(rewards):
             if not math.isfinite(reward):
                 raise RequestError(500, f"{form}[{index}]", f"the model gave a non-finite reward ({reward})")

@@ -93,6 +93,12 @@ class MicroBatcher:
         """The number of sequences waiting for a round (not counting the one being scored)."""
         return len(self._waiting)
 
+    def check_room(self, count: int) -> None:
+        """Raise `QueueFullError` when `count` more sequences would make more than `max_queue` wait (safe to call from
+        another thread: it only reads the queue's length)."""
+        if len(self._waiting) + count > self.max_queue:
+            raise QueueFullError(f"{len(self._waiting)} texts are waiting to be scored (at most {self.max_queue})")
+
     async def submit(self, sequences: Sequence[list[int]]) -> list[float]:
         """Rewards of token-id sequences, scored together with other requests' sequences.
 
@@ -107,8 +113,7 @@ class MicroBatcher:
             raise Unavailable("the server is shutting down")
         if self._loop_task is None or self._loop_task.done():  # not started, or died: never queue what nothing scores
             raise Unavailable("the batching loop is not running")
-        if len(self._waiting) + len(sequences) > self.max_queue:
-            raise QueueFullError(f"{len(self._waiting)} texts are waiting to be scored (at most {self.max_queue})")
+        self.check_room(len(sequences))
         loop = asyncio.get_running_loop()
         pending = [_Pending(ids, loop.create_future()) for ids in sequences]
         self._waiting.extend(pending)
