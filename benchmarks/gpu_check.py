@@ -314,12 +314,12 @@ def check_throughput(ctx: Context) -> list[Row]:
 def reward_checkpoint(ctx: Context) -> Path:
     """The small Llama as a 2-label reward checkpoint with a random head (the rewards differ from text to text)."""
     from bt_peft import AutoModelForBradleyTerry
-    from bt_peft.tokenizer import load_tokenizer
+    from bt_peft.tokenizer import bind_pad, load_tokenizer
 
     path = ctx.work / "small-reward"
     tokenizer = load_tokenizer(small_model(ctx))
     model = AutoModelForBradleyTerry.from_pretrained(small_model(ctx), dtype=torch.float32)
-    model.config.pad_token_id = tokenizer.pad_token_id
+    bind_pad(model, tokenizer)
     torch.manual_seed(0)
     torch.nn.init.normal_(model.score.weight[1:], std=0.5)
     model.save_pretrained(path)

@@ -10,7 +10,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from ..embedded import resolve_model
 from ..quantization import default_device_map, load_reward_model, nf4_config
 from ..safe_loading import load_adapter
-from ..tokenizer import eos_ids_of, load_tokenizer
+from ..tokenizer import bind_pad, eos_ids_of, load_tokenizer
 
 
 def load_for_scoring(
@@ -46,5 +46,5 @@ def load_for_scoring(
         quantization_config = nf4_config(compute_dtype) if load_in_4bit else None
         model = load_reward_model(path, quantization_config, dtype=compute_dtype, device_map=device_map)
     tokenizer = load_tokenizer(path, eos_ids=eos_ids_of(model.config))
-    model.config.pad_token_id = tokenizer.pad_token_id
+    bind_pad(model, tokenizer)
     return model.eval(), tokenizer
