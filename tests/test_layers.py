@@ -6,7 +6,7 @@ Layers, bottom to top (an import may only point down, or sideways within the cor
 - core: the flat modules `bt_peft.<module>` listed in `CORE`;
 - groups: `bt_peft.training`, `bt_peft.export`, `bt_peft.evaluation` (each imports the core and itself only);
 - served: `bt_peft.serving` (the reward server, built on `evaluation`: imports the core, the groups and itself);
-- top: the command line, the recipe, the public API (`bt_peft/__init__.py`) and the old `bt_peft.model_card` path.
+- top: the command line, the recipe and the public API (`bt_peft/__init__.py`).
 """
 
 import ast
@@ -19,7 +19,7 @@ CORE = {"reward", "loss", "modeling", "tokenizer", "data", "validation", "safe_l
         "upstream", "console"}
 GROUPS = {"training", "export", "evaluation"}
 SERVED = {"serving"}
-TOP = {"bt_peft", "bt_peft.cli", "bt_peft.recipe", "bt_peft.model_card"}
+TOP = {"bt_peft", "bt_peft.cli", "bt_peft.recipe"}
 
 
 def module_name(path: Path) -> str:
