@@ -55,11 +55,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE_SITE = ROOT / ".gpu_bundle" / "site"
 BUNDLE_HH = ROOT / ".gpu_bundle" / "data" / "hh-rlhf-harmless-base"
-SHARED_HH = ROOT.parent / "shared" / "data" / "hh-rlhf-harmless-base"
 IMPORT_PATHS = [str(BUNDLE_SITE)] * BUNDLE_SITE.is_dir() + [str(ROOT), str(ROOT / "tests"), str(ROOT / "benchmarks")]
 sys.path[:0] = IMPORT_PATHS  # bt_peft from this tree; the tests' and benchmarks' helpers, reused as they are
 
 import torch  # noqa: E402
+from hh_data import SHARED_HH_DIR  # noqa: E402
 
 SECTIONS = ("packing", "defect3", "merge", "vram", "zero3", "serve-memory", "throughput", "serve", "recipe")
 SMALL_SHAPE = dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
@@ -428,12 +428,12 @@ def check_throughput(ctx: Context) -> list[Row]:
 def reward_checkpoint(ctx: Context) -> Path:
     """The small Llama as a 2-label reward checkpoint with a random head (the rewards differ from text to text)."""
     from bt_peft import AutoModelForBradleyTerry
-    from bt_peft.tokenizer import load_tokenizer
+    from bt_peft.tokenizer import bind_pad, load_tokenizer
 
     path = ctx.work / "small-reward"
     tokenizer = load_tokenizer(small_model(ctx))
     model = AutoModelForBradleyTerry.from_pretrained(small_model(ctx), dtype=torch.float32)
-    model.config.pad_token_id = tokenizer.pad_token_id
+    bind_pad(model, tokenizer)
     torch.manual_seed(0)
     torch.nn.init.normal_(model.score.weight[1:], std=0.5)
     model.save_pretrained(path)
@@ -517,7 +517,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpu-smoke", action="store_true", help="tiny models on the CPU: checks the code paths")
     parser.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections (default: all)")
     parser.add_argument("--data", type=Path, default=None, help="HH-RLHF directory with train.jsonl and dev.jsonl "
-                        f"(default: {SHARED_HH} when there, else {BUNDLE_HH})")
+                        f"(default: {SHARED_HH_DIR} when there, else {BUNDLE_HH})")
     parser.add_argument("--workdir", type=Path, default=None, help="scratch directory (default: a temporary one)")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON here")
     args = parser.parse_args(argv)
@@ -529,7 +529,7 @@ def main(argv: list[str] | None = None) -> int:
         print("error: no CUDA GPU (torch.cuda.is_available() is False); --cpu-smoke runs the checks on the CPU",
               file=sys.stderr)
         return 2
-    hh_dir = args.data or (SHARED_HH if SHARED_HH.is_dir() else BUNDLE_HH)
+    hh_dir = args.data or (SHARED_HH_DIR if SHARED_HH_DIR.is_dir() else BUNDLE_HH)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(IMPORT_PATHS + [os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
     if args.cpu_smoke:  # neither this process (CUDA is not initialised yet) nor its children use a GPU
         os.environ["CUDA_VISIBLE_DEVICES"] = env["CUDA_VISIBLE_DEVICES"] = ""

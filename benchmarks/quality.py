@@ -4,8 +4,9 @@
     python benchmarks/quality.py --arms default,stock --max-train 200 --max-length 256   # a quicker look
 
 Every arm trains SmolLM2-135M-Instruct (the embedded checkpoint) in 4-bit NF4 with LoRA r16/alpha 32/dropout 0.05 on
-q/k/v/o and the score head, on the HH-RLHF harmless-base train split of `../shared/data`, with the same batch size,
-learning rate, epochs, max_length, seed and compute dtype (bf16 by default), each in its own subprocess:
+q/k/v/o and the score head, on the HH-RLHF harmless-base train split (`--hh-dir`, default
+`../shared/data/hh-rlhf-harmless-base`), with the same batch size, learning rate, epochs, max_length, seed and
+compute dtype (bf16 by default), each in its own subprocess:
 
     stock        `trl.RewardTrainer` + peft on a num_labels=1 model, with TRL's own defaults and data processing
                  (the tokenizer as it ships, EOS appended, pairs over max_length dropped): what users run today
@@ -36,7 +37,8 @@ import torch
 import yaml
 from transformers import AutoTokenizer, TrainerCallback
 
-HH_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh-rlhf-harmless-base"
+from hh_data import SHARED_HH_DIR
+
 RECIPE_CONFIG = Path(__file__).resolve().parents[1] / "recipes" / "configs" / "llama3_8b_hh.yaml"
 RECIPE_FIELDS = ("num_train_epochs", "learning_rate", "lr_scheduler_type", "warmup_steps")
 ARMS = {
@@ -62,7 +64,7 @@ def dev_pairs(options: argparse.Namespace, tokenizer) -> "datasets.Dataset":
     """The common evaluation pairs (see the module docstring)."""
     from bt_peft import load_preference_file
 
-    dev = load_preference_file(HH_DIR / "dev.jsonl")
+    dev = load_preference_file(Path(options.hh_dir) / "dev.jsonl")
     fits = [i for i, row in enumerate(dev) if max(len(tokenizer(row[side] + tokenizer.eos_token)["input_ids"])
                                                   for side in ("chosen", "rejected")) <= options.max_length]
     count = min(options.max_eval, len(fits)) // options.eval_batch_size * options.eval_batch_size
@@ -97,7 +99,7 @@ def trainer_for(arm: str, options: argparse.Namespace):
 
     path = smollm2_checkpoint()
     dtype = getattr(torch, options.dtype)
-    train = load_preference_file(HH_DIR / "train.jsonl")
+    train = load_preference_file(Path(options.hh_dir) / "train.jsonl")
     if options.max_train:
         train = train.select(range(min(options.max_train, len(train))))
     args = RewardConfig(**settings_for(arm, options))
@@ -176,6 +178,7 @@ def plot(results: list[dict], batch_size: int, smooth: int, path: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arms", default="stock,random-head,default,recipe", help="comma-separated, of " + ", ".join(ARMS))
+    parser.add_argument("--hh-dir", default=str(SHARED_HH_DIR), help="HH-RLHF directory with train.jsonl and dev.jsonl")
     parser.add_argument("--max-train", type=int, default=None, help="use the first N train pairs (default: all 1,112)")
     parser.add_argument("--max-eval", type=int, default=200, help="at most N dev pairs (rounded down to the batch)")
     parser.add_argument("--batch-size", type=int, default=8, help="pairs per optimizer step")

@@ -48,10 +48,11 @@ import torch
 
 from bt_peft import load_for_scoring, score
 from bt_peft.data import load_preference_file
+from hh_data import SHARED_HH_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = "outputs/demo-smollm2/merged"
-DEFAULT_DATA = ROOT.parent / "shared" / "data" / "hh-rlhf-harmless-base" / "dev.jsonl"
+DEFAULT_DATA = SHARED_HH_DIR / "dev.jsonl"
 
 
 def percentile(values: list[float], fraction: float) -> float:

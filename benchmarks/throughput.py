@@ -37,8 +37,9 @@ from bt_peft.embedded import smollm2_checkpoint
 from bt_peft.quantization import nf4_config
 from bt_peft.training.qlora import lora_targets
 from bt_peft.tokenizer import eos_ids_of, load_tokenizer
+from hh_data import SHARED_HH_DIR
 
-HH_TRAIN = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh-rlhf-harmless-base" / "train.jsonl"
+HH_TRAIN = SHARED_HH_DIR / "train.jsonl"
 ARMS = {
     "a": "stock trl.RewardTrainer",
     "b": "bt-peft, packing off",

@@ -24,6 +24,7 @@ from typing import Literal
 
 from transformers import HfArgumentParser
 
+from .console import show_logs
 from .serving.settings import API_KEY_ENV, ServeSettings
 
 Dtype = Literal["bfloat16", "float32", "float16"]
@@ -391,7 +392,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run `bt-peft` with `argv` (default `sys.argv[1:]`). Returns the exit status: 0 on success, 1 on an error
-    (printed as `bt-peft <command>: error: ...`), 2 on bad usage (argparse)."""
+    (printed as `bt-peft <command>: error: ...`), 2 on bad usage (argparse). bt-peft's progress and warnings go
+    to stderr (`show_logs`)."""
+    show_logs()
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     if args.command == "train" and {"-h", "--help"} & set(rest):

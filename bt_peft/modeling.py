@@ -14,7 +14,7 @@ import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, PretrainedConfig, PreTrainedModel
 
 from .safe_loading import load_adapter, safe_pretrained_kwargs
-from .tokenizer import eos_ids_of, load_tokenizer
+from .tokenizer import bind_pad, eos_ids_of, load_tokenizer
 from .upstream import import_internal, require_attributes
 
 logger = logging.getLogger(__name__)
@@ -101,14 +101,22 @@ def head_output_layer(model: torch.nn.Module) -> tuple[str, torch.nn.Linear]:
 
 
 @torch.no_grad()
+def zero_unused_row(tensor: torch.Tensor) -> torch.Tensor:
+    """Set row 0 of a 2-label head's output weight or bias to zero, in place, and return the tensor.
+
+    Row 0 gives logit 0: zero, logit 0 is exactly 0 for every input, so softmax over both logits is
+    `sigmoid(reward)` and `logits.tolist()` compares by the reward. Row 1 (the reward) is unchanged. Every
+    checkpoint bt-peft writes has it so (merges, exports, an imported 1-label head)."""
+    tensor[0].zero_()
+    return tensor
+
+
 def zero_unused_logit(model: torch.nn.Module) -> None:
-    """Set row 0 of the head's output layer (weight and bias) to zero, in place: logit 0 is then exactly 0 for every
-    input, so softmax over both logits is `sigmoid(reward)` and `logits.tolist()` compares by the reward. Logit 1
-    (the reward) is unchanged."""
+    """`zero_unused_row` on the weight and bias of the head's output layer of `model`, in place."""
     _, layer = head_output_layer(model)
     for parameter in (layer.weight, layer.bias):
         if parameter is not None:
-            parameter[0].zero_()
+            zero_unused_row(parameter)
 
 
 @torch.no_grad()
@@ -126,8 +134,8 @@ def widen_single_score_head(model: PreTrainedModel) -> None:
     wide = torch.nn.Linear(layer.in_features, 2, bias=layer.bias is not None, device=layer.weight.device, dtype=layer.weight.dtype)
     for target, source in ((wide.weight, layer.weight), (wide.bias, layer.bias)):
         if source is not None:
-            target.zero_()
             target[1] = source[0]
+            zero_unused_row(target)
     parent, _, attribute = name.rpartition(".")
     setattr(model.get_submodule(parent), attribute, wide)
     model.config.num_labels = 2
@@ -386,7 +394,7 @@ class AutoModelForBradleyTerry(AutoModelForSequenceClassification):
         model = load_adapter(model, adapter_dir, allow_pickle)
         saved_tokenizer = (Path(adapter_dir) / "tokenizer_config.json").is_file()  # trainer.save_model writes one
         tokenizer = load_tokenizer(adapter_dir if saved_tokenizer else base, eos_ids=eos_ids_of(model.config))
-        model.config.pad_token_id = tokenizer.pad_token_id
+        bind_pad(model, tokenizer)
         return (model, info) if return_info else model
 
     @classmethod

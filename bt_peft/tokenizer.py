@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import jinja2
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoTokenizer, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 if TYPE_CHECKING:
     import torch
@@ -74,11 +74,27 @@ def load_tokenizer(
         **kwargs: passed on to `AutoTokenizer.from_pretrained`.
 
     Returns:
-        `PreTrainedTokenizerBase` with `pad_token` set; set `model.config.pad_token_id` to its `pad_token_id`.
+        `PreTrainedTokenizerBase` with `pad_token` set; `bind_pad(model, tokenizer)` gives the model its id.
     """
     tokenizer = AutoTokenizer.from_pretrained(model_name_or_path, **kwargs)
     tokenizer.pad_token = choose_pad_token(tokenizer, eos_ids)
     return tokenizer
+
+
+def bind_pad(model_or_config: PreTrainedModel | PretrainedConfig, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Write the tokenizer's pad id onto a model's config (or onto a config), in place.
+
+    Transformers' sequence-classification pooling reads the reward at the rightmost token that is not
+    `config.pad_token_id`, so it must be the id the batches are padded with: the tokenizer's (`choose_pad_token`).
+    Every model and checkpoint bt-peft loads, trains, merges or exports gets its pad id here.
+
+    Args:
+        model_or_config (`PreTrainedModel | PretrainedConfig`): a model (a `PeftModel` too: its `config` is the
+            base model's) or a config.
+        tokenizer (`PreTrainedTokenizerBase`): the tokenizer that pads its batches.
+    """
+    config = model_or_config if isinstance(model_or_config, PretrainedConfig) else model_or_config.config
+    config.pad_token_id = tokenizer.pad_token_id
 
 
 APPEND_EOS_KEY = "bt_peft_append_eos"

@@ -6,6 +6,7 @@ checks run on a skeleton built from `config.json` alone on the meta device: no w
 
 import os
 import re
+from collections.abc import Mapping
 
 import torch
 from peft import PeftConfig
@@ -18,6 +19,23 @@ from .upstream import import_internal
 
 class TrainingSetupError(ValueError):
     """A training configuration that cannot work; the message says which settings clash and what to change."""
+
+
+def refuse_settings(settings: object, refused: Mapping[str, tuple[bool, str]], what: str) -> None:
+    """Refuse, all at once, the fields of a settings object set to something bt-peft does not do.
+
+    Args:
+        settings (`object`): the settings (a dataclass such as `ModelConfig` or `RewardConfig`); each field named in
+            `refused` is read from it for the message.
+        refused (`Mapping[str, tuple[bool, str]]`): field name -> (`bad`: whether its value is refused, `why`).
+        what (`str`): what the settings are, the start of the message (e.g. "unsupported model settings").
+
+    Raises:
+        `ValueError`: `"<what>: <field>=<value>: <why>; ..."`, naming every refused field, when any is `bad`.
+    """
+    problems = [f"{name}={getattr(settings, name)!r}: {why}" for name, (bad, why) in refused.items() if bad]
+    if problems:
+        raise ValueError(f"{what}: " + "; ".join(problems))
 
 
 def check_precision(args) -> None:

@@ -50,8 +50,10 @@ S"""),
     ("code", """import torch
 
 from bt_peft import load_qlora_model
+from bt_peft.console import show_logs
 from bt_peft.embedded import resolve_model
 
+show_logs()  # bt-peft's progress (the trainable parameter count, the merge's shards) in the cell outputs
 base_model = resolve_model(S["model"])  # bt_peft:smollm2 -> the embedded checkpoint's directory
 compute_dtype = getattr(torch, S["dtype"])
 model, tokenizer = load_qlora_model(base_model, compute_dtype=compute_dtype, gradient_checkpointing=S["checkpointing"])"""),
@@ -94,7 +96,7 @@ for png in plot_evaluation({"before training": before, "after training": after},
 `from_4bit=True` merges into the NF4-dequantized base, so the merged model computes what the trained 4-bit model
 computed (the default merge into the original weights moves rewards by the NF4 error)."""),
     ("code", """from bt_peft import merge_and_save, write_model_card
-from bt_peft.model_card import evaluation_metrics
+from bt_peft.export.model_card import evaluation_metrics
 
 merged_dir = merge_and_save(adapter_dir, OUTPUT_DIR + "/merged", dtype=compute_dtype, from_4bit=True, overwrite=True)
 write_model_card(

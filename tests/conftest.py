@@ -8,7 +8,8 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-HH_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "hh-rlhf-harmless-base"
+HH_DIR = Path(__file__).resolve().parent / "data" / "hh-rlhf-harmless-base"
+"""The HH-RLHF sample shipped with the tests: 100 train and 20 dev raw pairs (its README says how it was cut)."""
 
 CORPUS = [
     "Human: how do I bake bread? Assistant: Mix flour, water, salt and yeast, let it rise, then bake it.",
@@ -58,7 +59,8 @@ def tiny_llama_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def hh_dir() -> Path:
-    assert HH_DIR.is_dir(), f"the shared HH-RLHF sample is expected at {HH_DIR}"
+    """The tests' HH-RLHF sample directory (`train.jsonl`, `dev.jsonl`)."""
+    assert HH_DIR.is_dir(), f"the tests' HH-RLHF sample is expected at {HH_DIR}"
     return HH_DIR
 
 

@@ -123,7 +123,8 @@ def test_score_texts_and_conversations_as_in_process(run, tmp_path):
 
 def test_merge_command_equals_the_trains_merge(run, tmp_path):
     out = run / "out"
-    bt_peft("merge", out / "adapter", tmp_path / "merged", "--dtype", "float32", "--from_4bit", "--device", "cpu")
+    result = bt_peft("merge", out / "adapter", tmp_path / "merged", "--dtype", "float32", "--from_4bit", "--device", "cpu")
+    assert "bt-peft merge: wrote model.safetensors (1/1)\n" in result.stderr  # the library's progress log, shown
     assert ModelCard.load(tmp_path / "merged" / "README.md").data.to_dict()["tags"][0] == "reward-model"
     texts = [row["prompt"] + row["chosen"] for row in preference_rows(1)]
     rewards = [score(*load_for_scoring(path), texts) for path in (out / "merged", tmp_path / "merged")]

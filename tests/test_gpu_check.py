@@ -8,15 +8,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+from conftest import HH_DIR
+
 ROOT = Path(__file__).resolve().parents[1]
 GPU_CHECK = ROOT / "benchmarks" / "gpu_check.py"
 
 
 def run_gpu_check(tmp_path: Path, *flags: str) -> tuple[subprocess.CompletedProcess, list[dict]]:
+    """`gpu_check.py --cpu-smoke` on the tests' HH sample (a later `--data` in `flags` wins); its result and rows."""
     report = tmp_path / "rows.json"
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    result = subprocess.run([sys.executable, str(GPU_CHECK), "--cpu-smoke", "--json", str(report), *flags],
-                            capture_output=True, text=True, timeout=900, cwd=ROOT, env=env)
+    command = [sys.executable, str(GPU_CHECK), "--cpu-smoke", "--json", str(report), "--data", str(HH_DIR), *flags]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=ROOT, env=env)
     assert report.is_file(), result.stdout[-3000:] + result.stderr[-5000:]
     return result, json.loads(report.read_text())["rows"]
 

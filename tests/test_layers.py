@@ -6,7 +6,7 @@ Layers, bottom to top (an import may only point down, or sideways within the cor
 - core: the flat modules `bt_peft.<module>` listed in `CORE`;
 - groups: `bt_peft.training`, `bt_peft.export`, `bt_peft.evaluation` (each imports the core and itself only);
 - served: `bt_peft.serving` (the reward server, built on `evaluation`: imports the core, the groups and itself);
-- top: the command line, the recipe and its end (`bt_peft.finish`), the public API (`bt_peft/__init__.py`) and the old `bt_peft.model_card` path.
+- top: the command line, the recipe and its end (`bt_peft.finish`), and the public API (`bt_peft/__init__.py`).
 """
 
 import ast
@@ -16,10 +16,10 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "bt_peft"
 CORE = {"reward", "loss", "modeling", "tokenizer", "data", "validation", "safe_loading", "atomic", "quantization", "embedded",
-        "upstream"}
+        "upstream", "console"}
 GROUPS = {"training", "export", "evaluation"}
 SERVED = {"serving"}
-TOP = {"bt_peft", "bt_peft.cli", "bt_peft.recipe", "bt_peft.finish", "bt_peft.model_card"}
+TOP = {"bt_peft", "bt_peft.cli", "bt_peft.recipe", "bt_peft.finish"}
 
 
 def module_name(path: Path) -> str:
@@ -27,7 +27,7 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-MODULES = {module_name(path): path for path in sorted(PACKAGE.rglob("*.py")) if "demo_data" not in path.parts}
+MODULES = {module_name(path): path for path in sorted(PACKAGE.rglob("*.py"))}
 
 
 def layer(module: str) -> tuple[int, str]:

@@ -133,7 +133,8 @@ def test_a_non_empty_output_dir_is_refused_unless_overwrite(trained, tmp_path):
 
 
 CHILD_MERGE = (
-    "import sys, torch; from bt_peft import merge_and_save; "
+    "import logging, sys, torch; from bt_peft import merge_and_save; "
+    "logging.basicConfig(stream=sys.stdout, level=logging.INFO, format='%(message)s'); "
     "merge_and_save(sys.argv[1], sys.argv[2], dtype=torch.float32, max_shard_size='20KB', overwrite=sys.argv[3] == '1')"
 )
 

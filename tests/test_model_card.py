@@ -86,7 +86,7 @@ def test_push_to_hub_checks_the_folder_then_calls_the_hub(tmp_path, monkeypatch)
 
 def test_evaluation_metrics_rows_of_an_evaluation_result(tmp_path):
     from bt_peft.evaluation import pair_metrics
-    from bt_peft.model_card import evaluation_metrics
+    from bt_peft.export.model_card import evaluation_metrics
 
     results = pair_metrics([1.0, 2.0, 0.5, 0.0], [0.0, 1.0, 1.5, 0.0], [10, 20, 30, 40])
     rows = evaluation_metrics(results, "dev: ")

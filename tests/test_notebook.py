@@ -38,5 +38,5 @@ def test_notebook_runs_in_the_smoke_setting(tmp_path, monkeypatch):
     assert "after training: accuracy" in card and "`logits[:, 1]`" in card
     text = "\n".join(output.get("text", "") for cells in outputs.values() for output in cells)
     assert "before: accuracy" in text and "after: accuracy" in text and "chosen: " in text
-    assert "set HUB_REPO_ID to push it" in text
+    assert "set HUB_REPO_ID to push it" in text and "trainable parameters of" in text
     assert (tmp_path / "out" / "eval" / "margins.png").is_file()

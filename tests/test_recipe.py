@@ -63,8 +63,8 @@ def test_demo_data_is_bundled_with_the_package():
     assert not set(train["prompt"]) & set(load_split(DEMO_DATA, "dev")["prompt"])
 
 
-def test_shared_hh_directory_loads_by_split(hh_dir):
-    assert len(load_split(str(hh_dir), "train")) == 1112 and len(load_split(str(hh_dir), "dev", 50)) == 50
+def test_hh_directory_loads_by_split(hh_dir):
+    assert len(load_split(str(hh_dir), "train")) == 100 and len(load_split(str(hh_dir), "dev", 10)) == 10
 
 
 def recipe_config(tiny_llama_dir, root: Path, output: Path) -> Path:

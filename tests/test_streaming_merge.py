@@ -9,8 +9,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, Llam
 
 from bt_peft import AutoModelForBradleyTerry, merge_and_save, score
 from bt_peft.quantization import load_reward_model, nf4_config, nf4_device
-from bt_peft.export.streaming_merge import (map_checkpoint_keys, nf4_roundtrip, quantized_weights, reward_skeleton,
-                                           write_safetensors)
+from bt_peft.export.streaming_merge import map_checkpoint_keys, nf4_roundtrip, quantized_weights, reward_skeleton
 from bt_peft.tokenizer import load_tokenizer
 from conftest import build_tokenizer, preference_rows, tiny_llama_config
 
@@ -147,16 +146,6 @@ def test_quantized_weights_are_those_bitsandbytes_quantizes(tiny_llama_dir):
     expected = {f"{name}.weight" for name, module in model.named_modules() if isinstance(module, bnb.nn.Linear4bit)}
     skeleton = reward_skeleton(model.config)
     assert quantized_weights(skeleton) == expected and "score.weight" not in expected and len(expected) == 14
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-def test_write_safetensors_writes_what_safetensors_reads(tmp_path, dtype):
-    tensors = {"b": torch.randn(3, 5).to(dtype), "a": torch.randn(7).to(dtype), "scalar": torch.tensor(2.5, dtype=dtype)}
-    write_safetensors(tmp_path / "x.safetensors", {key: list(t.shape) for key, t in tensors.items()}, dtype, tensors.__getitem__)
-    loaded = load_file(tmp_path / "x.safetensors")
-    assert loaded.keys() == tensors.keys() and all(torch.equal(loaded[key], tensors[key]) for key in tensors)
-    with pytest.raises(RuntimeError, match="came out"):
-        write_safetensors(tmp_path / "y.safetensors", {"a": [8]}, dtype, tensors.__getitem__)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

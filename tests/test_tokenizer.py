@@ -8,7 +8,7 @@ from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
 from transformers import AutoConfig, PreTrainedTokenizerFast
 
 from bt_peft.embedded import smollm2_checkpoint
-from bt_peft.tokenizer import choose_pad_token, eos_ids_of, load_tokenizer, set_append_eos
+from bt_peft.tokenizer import bind_pad, choose_pad_token, eos_ids_of, load_tokenizer, set_append_eos
 
 from conftest import build_tokenizer, tiny_llama_config
 
@@ -92,6 +92,22 @@ def test_eos_ids_of_an_int_a_list_and_none():
     assert eos_ids_of(tiny_llama_config(400)) == {1}
     assert eos_ids_of(tiny_llama_config(400, eos_token_id=[5, 6, 7])) == {5, 6, 7}
     assert eos_ids_of(tiny_llama_config(400, eos_token_id=None)) == set()
+
+
+def test_bind_pad_writes_the_tokenizer_pad_id_on_a_config_a_model_and_a_peft_model(tiny_llama_dir):
+    from peft import LoraConfig, get_peft_model
+
+    from bt_peft import AutoModelForBradleyTerry
+
+    tokenizer = load_tokenizer(tiny_llama_dir)
+    config = tiny_llama_config(len(tokenizer))
+    bind_pad(config, tokenizer)
+    assert config.pad_token_id == tokenizer.pad_token_id == ENDOFTEXT_ID
+    model = AutoModelForBradleyTerry.from_pretrained(tiny_llama_dir)
+    assert model.config.pad_token_id == 1  # the eos default of a config without a pad id
+    peft_model = get_peft_model(model, LoraConfig(target_modules=["q_proj"], task_type="SEQ_CLS"))
+    bind_pad(peft_model, tokenizer)
+    assert model.config.pad_token_id == peft_model.config.pad_token_id == ENDOFTEXT_ID
 
 
 def test_minilm_keeps_its_pad_token():

@@ -15,10 +15,19 @@ from transformers import BartConfig, LlamaForSequenceClassification
 
 from bt_peft import BradleyTerryRewardTrainer, load_qlora_model
 from bt_peft import recipe
-from bt_peft.validation import TrainingSetupError, check_4bit_support, validate_training_setup
+from bt_peft.validation import TrainingSetupError, check_4bit_support, refuse_settings, validate_training_setup
 from conftest import build_tokenizer, fp32_args, preference_rows, tiny_llama_config, write_preference_splits
 
 LLAMA_LINEAR = "down_proj, gate_proj, k_proj, o_proj, q_proj, score, up_proj, v_proj"
+
+
+def test_refuse_settings_names_every_refused_field_its_value_and_why():
+    args = fp32_args("out", max_length=64, seed=3)
+    refuse_settings(args, {"max_length": (False, "fine"), "seed": (False, "fine")}, "unused")  # nothing refused
+    with pytest.raises(ValueError) as raised:
+        refuse_settings(args, {"max_length": (True, "too short"), "seed": (False, "fine"), "bf16": (True, "no bf16")},
+                        "unsupported test settings")
+    assert str(raised.value) == "unsupported test settings: max_length=64: too short; bf16=False: no bf16"
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from ..embedded import resolve_model
 from ..modeling import UntrainedHeadError, head_of
 from ..quantization import default_device_map, load_reward_model, nf4_config
 from ..safe_loading import load_adapter
-from ..tokenizer import COMPUTE_DTYPE_KEY, eos_ids_of, load_tokenizer, saved_tokenizer_settings
+from ..tokenizer import COMPUTE_DTYPE_KEY, bind_pad, eos_ids_of, load_tokenizer, saved_tokenizer_settings
 
 
 def saved_dtype(checkpoint: str | os.PathLike) -> torch.dtype:
@@ -84,5 +84,5 @@ def load_for_scoring(
         model = load_reward_model(path, quantization_config, dtype=compute_dtype, device_map=device_map,
                                   allow_new_head=allow_new_head)
     tokenizer = load_tokenizer(path, eos_ids=eos_ids_of(model.config))
-    model.config.pad_token_id = tokenizer.pad_token_id
+    bind_pad(model, tokenizer)
     return model.eval(), tokenizer

@@ -5,22 +5,24 @@ from pathlib import Path
 
 import torch
 from peft import PeftConfig
-from transformers import AutoTokenizer
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from ..atomic import atomic_output_dir
 from ..modeling import zero_unused_logit
 from ..quantization import load_reward_model, nf4_device
 from ..safe_loading import load_adapter
+from ..tokenizer import bind_pad
 from .model_card import write_model_card
 from .streaming_merge import nf4_roundtrip, quantized_weights, streaming_merge
 
 
 def merge_in_memory(adapter_dir: str | os.PathLike, output_dir: Path, base: str | os.PathLike, dtype: torch.dtype,
-                    from_4bit: bool, max_shard_size: int | str, pad_token_id: int | None,
+                    from_4bit: bool, max_shard_size: int | str, tokenizer: PreTrainedTokenizerBase,
                     device: str | torch.device | None = None) -> None:
     """The whole base in RAM: load it in `dtype` on the CPU (with `from_4bit`, every weight bitsandbytes quantizes is
     round-tripped through NF4 on `device`, one at a time, as loading in NF4 and `dequantize` do), apply the adapter
-    with peft, `merge_and_unload`, and `save_pretrained` into `output_dir` (arguments as in `merge_and_save`)."""
+    with peft, `merge_and_unload`, and `save_pretrained` into `output_dir` with the pad id of `tokenizer` (the other
+    arguments as in `merge_and_save`)."""
     model = load_reward_model(base, dtype=dtype)
     if from_4bit:
         device = nf4_device(device)
@@ -30,7 +32,7 @@ def merge_in_memory(adapter_dir: str | os.PathLike, output_dir: Path, base: str 
     model = load_adapter(model, adapter_dir).merge_and_unload()
     zero_unused_logit(model)
     model.to(dtype)
-    model.config.pad_token_id = pad_token_id
+    bind_pad(model, tokenizer)
     model.save_pretrained(output_dir, max_shard_size=max_shard_size)
 
 
@@ -80,7 +82,7 @@ def merge_and_save(
     tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
     merge = streaming_merge if low_memory else merge_in_memory
     with atomic_output_dir(output_dir, overwrite=overwrite) as staging:
-        merge(adapter_dir, staging, base, dtype, from_4bit, max_shard_size, tokenizer.pad_token_id, device)
+        merge(adapter_dir, staging, base, dtype, from_4bit, max_shard_size, tokenizer, device)
         tokenizer.save_pretrained(staging)
         write_model_card(staging, base_model=str(base), from_4bit=from_4bit)
     return Path(output_dir)

@@ -15,21 +15,20 @@ from pathlib import Path
 
 import torch
 from huggingface_hub import ModelCard
-from safetensors import safe_open
 from transformers import AutoConfig, PretrainedConfig
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME
 
 from ..atomic import atomic_output_dir, check_output_dir
-from ..modeling import head_output_layer
-from ..tokenizer import appends_eos, eos_ids_of, load_tokenizer
+from ..modeling import head_output_layer, zero_unused_row
+from ..tokenizer import appends_eos, bind_pad, eos_ids_of, load_tokenizer
 from .merge import merge_and_save
 from .model_card import write_model_card
-from .streaming_merge import SAFETENSORS_DTYPES, checkpoint_tensors, local_checkpoint, read_tensor, reward_skeleton, write_safetensors
+from .safetensors_io import checkpoint_tensors, file_dtype, local_checkpoint, read_tensor, write_safetensors
+from .streaming_merge import reward_skeleton
 
 logger = logging.getLogger(__name__)
 
 FORMATS = ("scalar", "halos")
-DTYPES_BY_NAME = {name: dtype for dtype, name in SAFETENSORS_DTYPES.items()}
 Normalization = tuple[float, float] | Callable[[Path], tuple[float, float]]
 """OpenRLHF's reward `(mean, std)`, or a function computing it from the 2-label checkpoint directory being exported."""
 
@@ -101,7 +100,7 @@ def export_reward_model(
         head = head_output_layer(reward_skeleton(config))[0]
         with atomic_output_dir(output_dir, overwrite=overwrite) as staging:
             write_weights(source, staging, head, single_score=format == "scalar")
-            config.pad_token_id = tokenizer.pad_token_id
+            bind_pad(config, tokenizer)
             if format == "scalar":
                 single_score_config(config, head, statistics)
             config.save_pretrained(staging)
@@ -147,7 +146,7 @@ def write_weights(source: Path, output_dir: Path, head: str, single_score: bool)
     def exported(path: Path, key: str) -> torch.Tensor:
         tensor = read_tensor(path, key)
         if key in head_keys:
-            tensor = tensor[1:].clone() if single_score else torch.cat([torch.zeros_like(tensor[:1]), tensor[1:]])
+            tensor = tensor[1:].clone() if single_score else zero_unused_row(tensor.clone())
         return tensor
 
     total_size = removed = 0
@@ -165,17 +164,6 @@ def write_weights(source: Path, output_dir: Path, head: str, single_score: bool)
         if "total_parameters" in content["metadata"]:
             content["metadata"]["total_parameters"] -= removed
         (output_dir / SAFE_WEIGHTS_INDEX_NAME).write_text(json.dumps(content, indent=2, sort_keys=True) + "\n")
-
-
-def file_dtype(path: Path, keys: list[str]) -> torch.dtype:
-    """The one dtype of the tensors `keys` of a safetensors file; `ValueError` when they mix dtypes or use one that
-    `write_safetensors` does not write."""
-    with safe_open(path, framework="pt") as file:
-        names = {file.get_slice(key).get_dtype() for key in keys}
-    if len(names) != 1 or next(iter(names)) not in DTYPES_BY_NAME:
-        raise ValueError(f"export: {path} holds tensors of dtypes {sorted(names)}; expected one of "
-                         f"{', '.join(DTYPES_BY_NAME)} throughout")
-    return DTYPES_BY_NAME[names.pop()]
 
 
 def base_model_of(model_dir: str | os.PathLike, is_adapter: bool) -> str:

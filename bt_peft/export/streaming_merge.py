@@ -1,31 +1,34 @@
 """Streaming merge: fold a LoRA adapter into its base one tensor at a time, so host RAM holds a tensor, not a model.
 
 Each weight of the base checkpoint is read alone, merged (`W + (B @ A) * scaling`, the expression of peft's
-`merge_and_unload`) and written straight into its output shard; the head and any other `modules_to_save` come from
-the adapter. The output is what `model.save_pretrained` writes after the in-memory merge: the same files, keys,
-index metadata and config, with equal weights (bitwise in fp32 and bf16, see `tests/test_streaming_merge.py`).
+`merge_and_unload`) and written straight into its output shard (`safetensors_io` reads and writes the files); the
+head and any other `modules_to_save` come from the adapter. The output is what `model.save_pretrained` writes after
+the in-memory merge: the same files, keys, index metadata and config, with equal weights (bitwise in fp32 and bf16,
+see `tests/test_streaming_merge.py`).
 """
 
 import dataclasses
 import json
+import logging
 import os
-import struct
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from huggingface_hub import snapshot_download, split_torch_state_dict_into_shards
+from huggingface_hub import split_torch_state_dict_into_shards
 from peft import LoraConfig, PeftConfig, PeftType
 from peft.utils import load_peft_weights
-from safetensors import safe_open
-from transformers import AutoConfig, PreTrainedModel
+from transformers import AutoConfig, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.pytorch_utils import Conv1D
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 
-from ..modeling import AutoModelForBradleyTerry, head_of, head_output_layer, meta_device
+from ..modeling import AutoModelForBradleyTerry, head_of, head_output_layer, meta_device, zero_unused_row
 from ..quantization import nf4_config, nf4_device
 from ..safe_loading import refuse_pickle
+from ..tokenizer import bind_pad
 from ..upstream import import_internal
+from .safetensors_io import SAFETENSORS_DTYPES, checkpoint_tensors, local_checkpoint, read_tensor, write_safetensors
+
+logger = logging.getLogger(__name__)
 
 # Internal helpers of peft and transformers, used so that the streaming merge follows their rules exactly (rank and
 # alpha patterns, tied weights, modules left out of quantization); a release that moves one fails here, loudly.
@@ -35,7 +38,6 @@ remove_tied_weights_from_state_dict = import_internal(
 )
 should_convert_module = import_internal("transformers", "transformers.quantizers.quantizers_utils", "should_convert_module")
 
-SAFETENSORS_DTYPES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16"}
 ADAPTER_PREFIX = "base_model.model."
 UNMERGEABLE_SETTINGS = ("lora_bias", "fan_in_fan_out", "layer_replication", "target_parameters", "trainable_token_indices")
 """LoRA settings that change the merge or the architecture: the streaming merge refuses adapters that use them."""
@@ -108,31 +110,6 @@ def read_adapter(adapter_dir: str | os.PathLike) -> tuple[dict[str, LoraDelta], 
     return deltas, replaced
 
 
-def local_checkpoint(name_or_path: str | os.PathLike) -> Path:
-    """The local directory of a base checkpoint: `name_or_path` itself, or its Hub snapshot (weights and config only)."""
-    if Path(name_or_path).is_dir():
-        return Path(name_or_path)
-    patterns = ["config.json", SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, "model-*.safetensors"]
-    return Path(snapshot_download(str(name_or_path), allow_patterns=patterns))
-
-
-def checkpoint_tensors(base_dir: Path) -> dict[str, tuple[Path, list[int]]]:
-    """Every tensor of a safetensors checkpoint (single file or sharded with an index): key -> (file, shape)."""
-    index, single = base_dir / SAFE_WEIGHTS_INDEX_NAME, base_dir / SAFE_WEIGHTS_NAME
-    if index.is_file():
-        files = sorted({base_dir / name for name in json.loads(index.read_text())["weight_map"].values()})
-    elif single.is_file():
-        files = [single]
-    else:
-        raise FileNotFoundError(f"streaming merge: {base_dir} has no {SAFE_WEIGHTS_NAME} or {SAFE_WEIGHTS_INDEX_NAME}; "
-                                f"{LOW_MEMORY_HINT}")
-    tensors = {}
-    for path in files:
-        with safe_open(path, framework="pt") as file:
-            tensors.update({key: (path, file.get_slice(key).get_shape()) for key in file.keys()})
-    return tensors
-
-
 def saved_shapes(skeleton: PreTrainedModel) -> dict[str, list[int]]:
     """Key -> shape of every weight `save_pretrained` writes for `skeleton` (tied duplicates removed), in its order."""
     state = remove_tied_weights_from_state_dict(skeleton.state_dict(), skeleton)
@@ -196,33 +173,6 @@ def nf4_roundtrip(weight: torch.Tensor, device: torch.device) -> torch.Tensor:
     return dequantized.to(weight.device, weight.dtype)
 
 
-def read_tensor(path: Path, key: str) -> torch.Tensor:
-    """One tensor of a safetensors file; the file is opened for it alone, so its memory map is released at once."""
-    with safe_open(path, framework="pt") as file:
-        return file.get_tensor(key)
-
-
-def write_safetensors(
-    path: Path, shapes: dict[str, list[int]], dtype: torch.dtype, tensor_of: Callable[[str], torch.Tensor]
-) -> None:
-    """Write a safetensors file tensor by tensor: the header first (known from `shapes`), then each tensor's bytes
-    as `tensor_of(key)` returns it, so only one tensor is in memory at a time."""
-    header, offset = {"__metadata__": {"format": "pt"}}, 0
-    for key, shape in shapes.items():
-        size = torch.Size(shape).numel() * dtype.itemsize
-        header[key] = {"dtype": SAFETENSORS_DTYPES[dtype], "shape": shape, "data_offsets": [offset, offset + size]}
-        offset += size
-    blob = json.dumps(header, separators=(",", ":")).encode()
-    blob += b" " * (-len(blob) % 8)
-    with open(path, "wb") as file:
-        file.write(struct.pack("<Q", len(blob)) + blob)
-        for key, shape in shapes.items():
-            tensor = tensor_of(key)
-            if list(tensor.shape) != shape or tensor.dtype != dtype:
-                raise RuntimeError(f"streaming merge: {key} came out {tensor.dtype} {list(tensor.shape)}, not {dtype} {shape}")
-            file.write(tensor.contiguous().reshape(-1).view(torch.uint8).numpy())
-
-
 def streaming_merge(
     adapter_dir: str | os.PathLike,
     output_dir: str | os.PathLike,
@@ -230,7 +180,7 @@ def streaming_merge(
     dtype: torch.dtype,
     from_4bit: bool,
     max_shard_size: int | str,
-    pad_token_id: int | None,
+    tokenizer: PreTrainedTokenizerBase,
     device: str | torch.device | None = None,
 ) -> None:
     """Merge an adapter into its base weight by weight and write the reward checkpoint's weights and config.
@@ -244,7 +194,7 @@ def streaming_merge(
         from_4bit (`bool`): round-trip the weights bitsandbytes quantizes (every linear layer but the head) through
             NF4 before merging, as the in-memory exact route does.
         max_shard_size (`int | str`): shard size, split as `save_pretrained` splits.
-        pad_token_id (`int`, *optional*): written into `config.json` (the tokenizer's pad id).
+        tokenizer (`PreTrainedTokenizerBase`): the adapter's tokenizer; its pad id goes into `config.json` (`bind_pad`).
         device (`str | torch.device`, *optional*): where the NF4 round trip runs (`from_4bit`), one weight at a time;
             default: the GPU when there is one (`nf4_device`). The LoRA delta is added on the CPU either way.
 
@@ -261,12 +211,15 @@ def streaming_merge(
         raise ValueError(f"streaming merge: {type(skeleton).__name__} keeps modules in fp32 when loading; {LOW_MEMORY_HINT}")
     if from_4bit and any(isinstance(module, Conv1D) for module in skeleton.modules()):
         raise ValueError(f"streaming merge: {type(skeleton).__name__} has Conv1D layers; {LOW_MEMORY_HINT}")
-    checkpoint = checkpoint_tensors(local_checkpoint(base_model_name_or_path))
+    try:
+        checkpoint = checkpoint_tensors(local_checkpoint(base_model_name_or_path))
+    except FileNotFoundError as error:
+        raise FileNotFoundError(f"streaming merge: {error}; {LOW_MEMORY_HINT}") from None
     shapes = saved_shapes(skeleton)
     output_layer, _ = head_output_layer(skeleton)
     for key in (f"{output_layer}.weight", f"{output_layer}.bias"):
         if key in replaced:
-            replaced[key][0] = 0  # logit 0 is exactly zero in every checkpoint we write (see `zero_unused_logit`)
+            zero_unused_row(replaced[key])
     sources = map_checkpoint_keys(shapes, skeleton.base_model_prefix, checkpoint, set(replaced))
     linear = {f"{name}.weight" for name, module in skeleton.named_modules() if isinstance(module, torch.nn.Linear)}
     for key, delta in deltas.items():
@@ -293,13 +246,13 @@ def streaming_merge(
     split = split_torch_state_dict_into_shards(meta, filename_pattern=pattern, max_shard_size=max_shard_size)
     for number, (filename, keys) in enumerate(split.filename_to_tensors.items(), start=1):
         write_safetensors(output_dir / filename, {key: shapes[key] for key in keys}, dtype, merged)
-        print(f"bt-peft merge: wrote {filename} ({number}/{len(split.filename_to_tensors)})", flush=True)
+        logger.info("bt-peft merge: wrote %s (%d/%d)", filename, number, len(split.filename_to_tensors))
     if split.is_sharded:
         metadata = {"total_parameters": skeleton.num_parameters(), **split.metadata}
         index = {"metadata": metadata, "weight_map": split.tensor_to_filename}
         (output_dir / SAFE_WEIGHTS_INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
     config = skeleton.config
-    config.pad_token_id = pad_token_id
+    bind_pad(config, tokenizer)
     config.dtype = str(dtype).removeprefix("torch.")
     config.architectures = [type(skeleton).__name__]
     config.save_pretrained(output_dir)

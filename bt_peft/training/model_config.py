@@ -5,6 +5,8 @@ from dataclasses import dataclass, field
 
 from trl import ModelConfig
 
+from ..validation import refuse_settings
+
 COMPUTE_DTYPES = ("bfloat16", "float32", "float16")
 
 
@@ -46,7 +48,5 @@ class BradleyTerryModelConfig(ModelConfig):
                                "the revision (hf download NAME --revision R --local-dir DIR) and pass DIR"),
             "dtype": (self.dtype not in COMPUTE_DTYPES, f"the compute dtype is one of {', '.join(COMPUTE_DTYPES)}"),
         }
-        problems = [f"{name}={getattr(self, name)!r}: {reason}" for name, (bad, reason) in refused.items() if bad]
-        if problems:
-            raise ValueError("unsupported model settings: " + "; ".join(problems))
+        refuse_settings(self, refused, "unsupported model settings")
         super().__post_init__()

@@ -1,6 +1,7 @@
 """Load `AutoModelForBradleyTerry` in 4-bit (NF4, double quant) with LoRA on the attention projections."""
 
 import dataclasses
+import logging
 import os
 import warnings
 
@@ -11,8 +12,10 @@ from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerB
 from ..activation_checkpointing import enable_activation_checkpointing
 from ..modeling import head_of
 from ..quantization import default_device_map, load_reward_model, nf4_config
-from ..tokenizer import eos_ids_of, load_tokenizer
+from ..tokenizer import bind_pad, eos_ids_of, load_tokenizer
 from ..validation import validate_training_setup
+
+logger = logging.getLogger(__name__)
 
 ATTENTION_PROJECTIONS = {
     "llama": ["q_proj", "k_proj", "v_proj", "o_proj"],
@@ -49,14 +52,15 @@ def add_lora(model: PreTrainedModel, lora_config: LoraConfig) -> PeftModel:
         lora_config (`LoraConfig`): the head is added to `modules_to_save` of a copy when missing.
 
     Returns:
-        `PeftModel`; the trainable parameter count is printed.
+        `PeftModel`; the trainable parameter count is logged (INFO).
     """
     head = head_of(model)
     modules_to_save = list(lora_config.modules_to_save or [])
     lora_config = dataclasses.replace(lora_config, modules_to_save=modules_to_save + [head] * (head not in modules_to_save))
     model = get_peft_model(model, lora_config)
     trainable, total = model.get_nb_trainable_parameters()
-    print(f"bt-peft: {trainable:,} trainable parameters of {total:,} ({100 * trainable / total:.3f}%), head {head!r} in fp32")
+    logger.info("bt-peft: %s trainable parameters of %s (%.3f%%), head %r in fp32", f"{trainable:,}", f"{total:,}",
+                100 * trainable / total, head)
     return model
 
 
@@ -126,7 +130,7 @@ def load_qlora_model(
     if gradient_checkpointing:
         enable_activation_checkpointing(model)
     tokenizer = load_tokenizer(model_name_or_path, eos_ids=eos_ids_of(model.config), trust_remote_code=trust_remote_code)
-    model.config.pad_token_id = tokenizer.pad_token_id
+    bind_pad(model, tokenizer)
     lora = LoraConfig(
         r=lora_r,
         lora_alpha=lora_alpha,

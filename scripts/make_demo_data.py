@@ -1,4 +1,5 @@
-"""Generate bt_peft's small demo preference dataset (demo_train.jsonl, demo_dev.jsonl).
+"""Generate bt_peft's small demo preference dataset (bt_peft/demo_data/demo_train.jsonl, demo_dev.jsonl): a build
+script, not package code; the two files it writes are the package data.
 
 Written for this project; standard library only; deterministic (fixed seed): running it again rewrites both
 files byte for byte. Each row is TRL's standard explicit-prompt format:
@@ -10,8 +11,8 @@ rude/dismissive, an unnecessary refusal, off-topic, or polite but factually wron
 Rejected replies are picked among several candidates to match the chosen reply's length, so length is no signal.
 
 Usage:
-    python bt_peft/demo_data/make_demo_data.py            # (re)write the two files next to this script
-    python bt_peft/demo_data/make_demo_data.py --check    # verify the files on disk match what the script produces
+    python scripts/make_demo_data.py            # (re)write the two files in bt_peft/demo_data/
+    python scripts/make_demo_data.py --check    # verify the files on disk match what the script produces
 """
 
 import argparse
@@ -26,8 +27,8 @@ N_TRAIN = 400
 N_DEV = 100
 # kind -> share of pairs (applied to each split separately)
 KIND_SHARES = {"rude": 0.30, "refusal": 0.25, "off_topic": 0.25, "wrong": 0.20}
-HERE = Path(__file__).resolve().parent
-FILES = {"train": HERE / "demo_train.jsonl", "dev": HERE / "demo_dev.jsonl"}
+DEMO_DATA = Path(__file__).resolve().parents[1] / "bt_peft" / "demo_data"
+FILES = {"train": DEMO_DATA / "demo_train.jsonl", "dev": DEMO_DATA / "demo_dev.jsonl"}
 
 # Topic -> how a refusal names it.
 TOPIC_NAMES = {
