@@ -40,6 +40,7 @@ _PUBLIC = {
     "resolve_model": "embedded",
     "score": "evaluation.scoring",
     "score_ids": "evaluation.scoring",
+    "show_logs": "console",
     "write_model_card": "export.model_card",
 }
 """Public name -> the module (relative to `bt_peft`) that defines it."""
@@ -61,6 +62,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # what static tools and IDEs see; at run time the names come from `__getattr__`
+    from .console import show_logs
     from .data import PreferenceDataError, load_preference_file, load_split, prepare_preference_dataset
     from .embedded import resolve_model
     from .evaluation.loading import load_for_scoring

@@ -22,7 +22,7 @@ from transformers import set_seed
 from trl import TrlParser
 
 from bt_peft import (BradleyTerryModelConfig, BradleyTerryRewardConfig, BradleyTerryRewardTrainer,
-                     BradleyTerryScriptArguments, RunFinisher, load_qlora_model, load_split, resolve_model)
+                     BradleyTerryScriptArguments, RunFinisher, load_qlora_model, load_split, resolve_model, show_logs)
 
 DESCRIPTION = ("Train a QLoRA Bradley-Terry reward model, evaluate it, merge it. --config FILE.yaml sets any of the "
                "fields below; flags override it.")
@@ -39,6 +39,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     Returns the summary (`RunFinisher.finish`); in a multi-process launch the other processes return its training
     part."""
     # 1. Parse the settings: the YAML of --config, then the flags over it; refuse what the recipe would not use.
+    show_logs()  # bt-peft's progress (trainable parameters, data report, merge shards) on stderr
     parser = TrlParser((BradleyTerryScriptArguments, BradleyTerryRewardConfig, BradleyTerryModelConfig), prog=prog,
                        description=DESCRIPTION)
     script_args, training_args, model_args = parser.parse_args_and_config(argv)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "bt_peft"
 CORE = {"reward", "loss", "modeling", "tokenizer", "data", "validation", "safe_loading", "atomic", "quantization", "embedded",
-        "upstream", "console"}
+        "upstream", "console", "activation_checkpointing"}
 GROUPS = {"training", "export", "evaluation"}
 SERVED = {"serving"}
 TOP = {"bt_peft", "bt_peft.cli", "bt_peft.recipe", "bt_peft.finish"}

@@ -4,6 +4,8 @@ from dataclasses import dataclass, field
 
 from trl import ScriptArguments
 
+from ..validation import refuse_settings
+
 MERGE_DTYPES = ("bfloat16", "float32", "float16")
 
 
@@ -51,6 +53,4 @@ class BradleyTerryScriptArguments(ScriptArguments):
                                     "bt-peft's models have no boolean buffers for DDP to skip"),
             "merge_dtype": (self.merge_dtype not in MERGE_DTYPES, "bfloat16, float32 or float16"),
         }
-        problems = [f"{name}={getattr(self, name)!r}: {reason}" for name, (bad, reason) in refused.items() if bad]
-        if problems:
-            raise ValueError("unsupported script settings: " + "; ".join(problems))
+        refuse_settings(self, refused, "unsupported script settings")
