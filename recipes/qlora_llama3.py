@@ -16,6 +16,8 @@ rewards that the merged checkpoint, loaded with plain transformers, gives a few 
 
 import gc
 import json
+import logging
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -72,6 +74,15 @@ class BradleyTerryScriptArguments(ScriptArguments):
             raise ValueError("unsupported script settings: " + "; ".join(problems))
 
 
+def show_bt_peft_info_on_stdout() -> None:
+    """The library logs (`logging`); the recipe shows bt-peft's INFO messages (the data report) on stdout."""
+    if not logging.getLogger("bt_peft").handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logging.getLogger("bt_peft").addHandler(handler)
+        logging.getLogger("bt_peft").setLevel(logging.INFO)
+
+
 def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     """Parse `argv` (default `sys.argv[1:]`: `--config FILE.yaml` and field overrides), train, evaluate, merge.
     Returns the summary; in a multi-process launch the processes other than the main one return the training part."""
@@ -79,6 +90,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
                        description="Train a QLoRA Bradley-Terry reward model, evaluate it, merge it. --config FILE.yaml "
                        "sets any of the fields below; flags override it.")
     script_args, training_args, model_args = parser.parse_args_and_config(argv)
+    show_bt_peft_info_on_stdout()
     if training_args.model_init_kwargs:  # the recipe loads the model itself, from the model settings
         raise ValueError("model_init_kwargs: not used by the recipe, which loads the model with load_qlora_model from "
                          "the model settings (model_name_or_path, dtype, attn_implementation, ...)")
