@@ -36,7 +36,7 @@ class Internal:
     checked: bool = True
 
 
-TRANSFORMERS = ("5.17", "5.24")
+TRANSFORMERS = ("5.17", "5.25")
 PEFT = ("0.21", "0.21")
 BITSANDBYTES = ("0.49", "0.50")
 
