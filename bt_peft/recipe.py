@@ -28,12 +28,6 @@ DESCRIPTION = ("Train a QLoRA Bradley-Terry reward model, evaluate it, merge it.
                "fields below; flags override it.")
 
 
-def resume_argument(value: str | None) -> str | bool | None:
-    """`--resume_from_checkpoint` as the trainer takes it: "true" -> True (the last complete checkpoint), "false" and
-    "none" -> None, a path unchanged. A shim until the trainer reads these strings itself."""
-    return {"true": True, "false": None, "none": None}.get(str(value).lower(), value)
-
-
 def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     """Parse `argv` (default `sys.argv[1:]`: `--config FILE.yaml` and field overrides), train, evaluate, merge.
     Returns the summary (`RunFinisher.finish`); in a multi-process launch the other processes return its training
@@ -68,7 +62,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     # 4. Train, evaluating before training (the finisher sees to it) and checkpointing as the settings say.
     trainer = BradleyTerryRewardTrainer(model=model, args=training_args, train_dataset=train, eval_dataset=dev,
                                         processing_class=tokenizer, callbacks=[finisher])
-    trainer.train(resume_from_checkpoint=resume_argument(training_args.resume_from_checkpoint))
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
 
     # 5. Finish: evaluate, save the adapter, merge, check the merge, write summary.json, the card, the scalar export.
     summary = finisher.finish(trainer, dev)

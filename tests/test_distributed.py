@@ -57,13 +57,13 @@ def job(tiny_llama_dir, tmp_path_factory) -> Path:
 
 
 def run(launcher: list[str], config: Path, output: Path, pairs_per_process: int, *flags: str) -> tuple[dict, str]:
-    """Run the recipe; returns its summary.json and stdout."""
+    """Run the recipe; returns its summary.json and stderr (where the recipe shows bt-peft's logs)."""
     command = launcher + [str(RECIPE), "--config", str(config), "--output_dir", str(output),
                           "--per_device_train_batch_size", str(pairs_per_process),
                           "--per_device_eval_batch_size", str(pairs_per_process), *flags]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-5000:]
-    return json.loads((output / "summary.json").read_text()), result.stdout
+    return json.loads((output / "summary.json").read_text()), result.stderr
 
 
 def adapter(summary: dict) -> dict[str, torch.Tensor]:
@@ -81,7 +81,7 @@ def one_process(job, tmp_path_factory) -> dict:
                                     ["--packing", "false", "--padding_free", "false"]], ids=["packed", "padded"])
 def test_two_ddp_processes_train_the_adapter_of_one(job, one_process, tmp_path, layout):
     launcher = [str(BIN / "accelerate"), "launch", "--config_file", str(ACCELERATE_CONFIGS / "ddp_cpu.yaml")]
-    summary, stdout = run(launcher, job, tmp_path / "out", 2, *layout)
+    summary, logs = run(launcher, job, tmp_path / "out", 2, *layout)
 
     assert summary["processes"] == 2 and summary["steps"] == one_process["steps"] == 3
     reference, trained = adapter(one_process), adapter(summary)
@@ -94,7 +94,7 @@ def test_two_ddp_processes_train_the_adapter_of_one(job, one_process, tmp_path, 
     for key in ("eval_loss_before", "eval_accuracy_before", "eval_loss_after", "eval_accuracy_after"):
         assert summary[key] == pytest.approx(one_process[key], abs=1e-4), key
     # one process prepared the data report, merged after both finished, and reloaded the merge
-    assert stdout.count("bt-peft data: train") == 1
+    assert logs.count("bt-peft data: train") == 1
     assert summary["merged_vs_trained_max_abs_reward_diff"] <= 1e-5
     assert len(summary["scored_pairs"]) == 2
 

@@ -68,7 +68,7 @@ def test_what_you_train_is_what_you_serve(merged, trained, padding_side):
     served = plain_rewards(merged["exact"], TEXTS, padding_side)
     scored = score(trainer.model, trainer.processing_class, TEXTS)
     rows = [{"prompt": "", "chosen": text, "rejected": "x"} for text in TEXTS]
-    prepared = trainer._prepare_dataset(trainer.train_dataset.from_list(rows), trainer.processing_class, trainer.args, "serve")
+    prepared = trainer.prepare_dataset(trainer.train_dataset.from_list(rows), "serve")
     batch = trainer.data_collator(list(prepared))  # packed or padded, whichever the trainer trains with
     with torch.no_grad():
         in_training = bt_reward(trainer.compute_loss(trainer.model, batch, return_outputs=True)[1].logits)

@@ -3,6 +3,7 @@ exactly the adapter and head of an uninterrupted run, having trained on exactly 
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -94,3 +95,20 @@ def test_sigkill_mid_step_then_resume_equals_an_uninterrupted_run(tiny_llama_dir
     assert [step for step, _ in reference_batches] == list(range(8))
     assert logged_batches(tmp_path, "crash") == reference_batches[:5]
     assert logged_batches(tmp_path, "resume") == reference_batches[3:]
+
+
+def test_resume_at_an_epoch_boundary_equals_an_uninterrupted_run(tiny_llama_dir, tmp_path):
+    """8 pairs a step, 2 steps an epoch: checkpoint-6 ends an epoch, so the RNG state must be back before the next
+    epoch's data order is drawn (not at its first step, as mid-epoch)."""
+    script = tmp_path / "train.py"
+    script.write_text(SCRIPT.format(tests=str(TESTS), batches={}).replace("per_device_train_batch_size=4",
+                                                                          "per_device_train_batch_size=8"))
+    full = run_child(script, tiny_llama_dir, tmp_path, "full")
+    assert full.wait(timeout=300) == 0, log_of(tmp_path, "full")
+    shutil.copytree(tmp_path / "run-full" / "checkpoint-6", tmp_path / "run" / "checkpoint-6")
+    resuming = run_child(script, tiny_llama_dir, tmp_path, "resume")
+    assert resuming.wait(timeout=300) == 0, log_of(tmp_path, "resume")
+    expected = load_file(tmp_path / "final-full" / "adapter_model.safetensors")
+    resumed = load_file(tmp_path / "final-resume" / "adapter_model.safetensors")
+    assert expected.keys() == resumed.keys() and all(torch.equal(expected[name], resumed[name]) for name in expected)
+    assert logged_batches(tmp_path, "resume") == logged_batches(tmp_path, "full")[6:]

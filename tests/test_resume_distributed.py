@@ -47,11 +47,11 @@ class Recording(BradleyTerryRewardTrainer):
         log_batch(output / f"batches-{{self.mode}}-{{self.args.process_index}}.jsonl", self.state.global_step, inputs)
         return super().training_step(model, inputs, num_items_in_batch)
 
-    def _save_rng_state(self, output_dir):
+    def save_rng_state(self, output_dir):
         if self.mode == "crash" and self.state.global_step == 6 and self.args.process_index == 1:
             (output / "blocked").touch()
             time.sleep(600)
-        super()._save_rng_state(output_dir)
+        super().save_rng_state(output_dir)
 
     def _save_checkpoint(self, model, trial):
         super()._save_checkpoint(model, trial)
@@ -155,5 +155,5 @@ def test_resuming_a_two_process_checkpoint_in_one_process_warns_that_rng_is_not_
     trainer = make_trainer(tiny_llama_dir, tmp_path / "one-process")
     state = torch.random.get_rng_state()
     with pytest.warns(UserWarning, match=r"saved by 2 process\(es\), this run has 1: it has no rng_state\.json"):
-        trainer._load_rng_state(str(crashed_and_resumed / "run-full" / "checkpoint-6"))
+        trainer.load_rng_state(str(crashed_and_resumed / "run-full" / "checkpoint-6"))
     assert torch.equal(torch.random.get_rng_state(), state)

@@ -1,9 +1,10 @@
+import logging
+
 import pytest
 import torch
 from datasets import Dataset
 from peft import LoraConfig, PeftModel
-from transformers import AutoModelForSequenceClassification
-from trl import RewardTrainer
+from transformers import AutoModelForSequenceClassification, TrainingArguments
 from trl.trainer.reward_trainer import DataCollatorForPreference
 
 from bt_peft import BradleyTerryRewardTrainer, bt_reward, load_qlora_model
@@ -56,14 +57,15 @@ def test_trainable_parameters_keep_their_dtype_under_bf16_args(qlora, tmp_path):
 
 class MovingTrainer(BradleyTerryRewardTrainer):
     """What a GPU host does to a model loaded without a device map: the Trainer moves it to `args.device` inside
-    TRL's `__init__`; here to `meta`, the one other device a CPU has."""
+    its `__init__`; here to `meta`, the one other device a CPU has."""
 
     def _move_model_to_device(self, model, device):
         super()._move_model_to_device(model, torch.device("meta"))
 
 
 def test_trainable_parameters_stay_where_the_trainer_moved_the_model(tiny_llama_dir, tmp_path):
-    """Defect 3: the dtype restore after TRL's `__init__` must not put the pre-move (CPU) tensors back."""
+    """Defect 3: the trainable parameters keep their dtype and stay where the Trainer moved them (no bf16 cast, no
+    pre-move tensors put back)."""
     model = load_reward_model(tiny_llama_dir, dtype=torch.float32)
     lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="SEQ_CLS")
     trainer = MovingTrainer(model=model, args=fp32_args(tmp_path), peft_config=lora, train_dataset=Dataset.from_list(
@@ -114,12 +116,53 @@ def test_single_label_model_is_refused_with_a_clear_error(tiny_llama_dir, tmp_pa
         BradleyTerryRewardTrainer(model=model, args=fp32_args(tmp_path), train_dataset=Dataset.from_list(preference_rows()))
 
 
-def test_trl_check_is_not_changed_globally(qlora, tmp_path):
+def test_the_model_keeps_its_two_label_config(qlora, tmp_path):
     trainer = make_trainer(qlora, tmp_path)
     assert trainer.model.config.num_labels == 2 and trainer.model.config.id2label[1] == "reward"
-    model = AutoModelForSequenceClassification.from_pretrained(trainer.model.config._name_or_path, num_labels=2)
-    with pytest.raises(ValueError, match="num_labels"):
-        RewardTrainer(model=model, args=fp32_args(tmp_path), train_dataset=Dataset.from_list(preference_rows()))
+
+
+def test_a_plain_training_arguments_config_trains_and_evaluates_a_dict_of_eval_sets(qlora, tmp_path):
+    model, tokenizer = qlora
+    rows = preference_rows()
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=4, report_to=[],
+                             use_cpu=True, save_strategy="no")
+    trainer = BradleyTerryRewardTrainer(model=model, args=args, processing_class=tokenizer,
+                                        train_dataset=Dataset.from_list(rows),
+                                        eval_dataset={"first": Dataset.from_list(rows[:4]), "rest": Dataset.from_list(rows[4:])})
+    assert set(trainer.preparation_reports) == {"train", "first", "rest"}
+    trainer.train()
+    metrics = trainer.evaluate()
+    assert {"eval_first_loss", "eval_rest_loss"} <= metrics.keys()
+    assert "eval_accuracy" in next(logs for logs in trainer.state.log_history if "eval_rest_loss" in logs)
+    more = trainer.evaluate(Dataset.from_list(rows[:2]), metric_key_prefix="extra")
+    assert trainer.preparation_reports["eval"].kept == 2 and "extra_loss" in more
+
+
+def test_base_model_dropout_is_off_and_the_data_report_is_logged(tiny_llama_dir, tmp_path, caplog):
+    model = load_reward_model(tiny_llama_dir, dtype=torch.float32)
+    model.model.extra_dropout = torch.nn.Dropout(0.2)  # a base-model dropout, as in models that have one
+    lora = LoraConfig(r=4, target_modules=["q_proj"], lora_dropout=0.1, task_type="SEQ_CLS")
+    with caplog.at_level(logging.INFO, logger="bt_peft.training.trainer"):
+        trainer = BradleyTerryRewardTrainer(model=model, args=fp32_args(tmp_path), peft_config=lora,
+                                            processing_class=load_tokenizer(tiny_llama_dir),
+                                            train_dataset=Dataset.from_list(preference_rows(1)))
+    assert trainer.model.get_base_model().model.extra_dropout.p == 0
+    assert {m.p for n, m in trainer.model.named_modules() if ".lora_dropout." in n and isinstance(m, torch.nn.Dropout)} == {0.1}
+    assert any("bt-peft data: " in record.getMessage() for record in caplog.records)
+
+
+@pytest.mark.parametrize("flag", [None, False, "false", "None", "FALSE"])
+def test_resume_flags_meaning_no_start_afresh(qlora, tmp_path, flag):
+    trainer = make_trainer(qlora, tmp_path, max_steps=1)
+    trainer.train(resume_from_checkpoint=flag)
+    assert trainer.state.global_step == 1
+
+
+@pytest.mark.parametrize("flag", [True, "true", "True"])
+def test_resume_flags_meaning_yes_need_a_complete_checkpoint(qlora, tmp_path, flag):
+    trainer = make_trainer(qlora, tmp_path, max_steps=1)
+    with pytest.raises(ValueError, match="no complete checkpoint to resume from in"):
+        trainer.train(resume_from_checkpoint=flag)
 
 
 CONVERSATION = [{"role": "user", "content": "can you help me?"}]

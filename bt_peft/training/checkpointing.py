@@ -13,9 +13,18 @@ A `checkpoint-N/` written by `SafeCheckpointMixin` holds:
 No `.bin`/`.pt`/`.pth` file is written, and resuming reads no pickle. A checkpoint counts as complete only when every
 file is there (`checkpoint_problems`): a save killed part-way, on any process, is skipped by `last_complete_checkpoint`,
 and the previous checkpoint is rotated away only after the new one is complete.
+
+Only public `transformers.Trainer` surface is used. The Trainer runs with `save_only_model=True`, so its
+`_save_checkpoint` writes no pickled optimizer, scheduler, scaler or RNG state; it calls the public
+`save_model(checkpoint-N, _internal_call=True)` first and writes `trainer_state.json` after it (then rotates), and
+`SafeCheckpointMixin.save_model` writes the training state there, so `trainer_state.json` still comes last.
+`TrainingStateRestorer`, a `TrainerCallback`, loads it back: optimizer, scheduler and scaler in `on_train_begin` (they
+exist by then), the RNG state at the moment the Trainer itself restores it (`on_epoch_begin` when the run resumes at
+an epoch boundary, else `on_step_begin` of the first resumed step, after the skipped batches were fetched).
 """
 
 import json
+import math
 import os
 import random
 import re
@@ -26,11 +35,12 @@ from typing import Any
 import numpy as np
 import safetensors.torch
 import torch
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.training_args import ParallelMode
 
 from ..atomic import atomic_output_dir, write_atomically, write_json_atomically
-from ..upstream import import_internal, require_attributes, require_call, require_methods
+from ..upstream import require_parameter
 
 TRAINING_ARGS_NAME = "training_args.json"
 TRAINER_STATE_NAME = "trainer_state.json"
@@ -38,24 +48,8 @@ PROCESSES_NAME = "processes.json"
 WEIGHTS_NAMES = ("adapter_model.safetensors", "model.safetensors", "model.safetensors.index.json")
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
-# The `Trainer` hooks `SafeCheckpointMixin` overrides (no public API chooses how checkpoints are written), with the
-# parameters it expects, and the methods that must still call them; checked at import against transformers.
-HOOKS = {
-    "_save": ("output_dir", "state_dict"),
-    "_save_optimizer_and_scheduler": ("output_dir",),
-    "_load_optimizer_and_scheduler": ("checkpoint",),
-    "_save_scaler": ("output_dir",),
-    "_load_scaler": ("checkpoint",),
-    "_save_rng_state": ("output_dir",),
-    "_load_rng_state": ("checkpoint",),
-}
-require_methods(Trainer, HOOKS, "transformers")
-require_call(Trainer, "save_model", ("_save",), "transformers")
-require_call(Trainer, "_save_checkpoint", ("_save_optimizer_and_scheduler", "_save_scaler", "_save_rng_state"), "transformers")
-require_call(Trainer, "_prepare_for_training", ("_load_optimizer_and_scheduler", "_load_scaler"), "transformers")
-require_call(Trainer, "_run_epoch", ("_load_rng_state",), "transformers")
-set_rng_state_for_device = import_internal("transformers", "transformers.trainer_pt_utils", "set_rng_state_for_device")
-
+# `Trainer._save_checkpoint` calls `save_model(checkpoint-N, _internal_call=True)`: how a checkpoint save is told apart
+require_parameter(Trainer.save_model, "transformers", "transformers.Trainer.save_model._internal_call")
 
 def _encode(obj: Any, tensors: dict[str, torch.Tensor], where: str) -> Any:
     """JSON-able form of `obj`; tensors and arrays go into `tensors` under their path `where`."""
@@ -168,6 +162,34 @@ def checkpoint_problems(checkpoint: str | os.PathLike) -> list[str]:
     return problems
 
 
+def resolve_resume_argument(resume_from_checkpoint: str | bool | None, output_dir: str | os.PathLike) -> str | None:
+    """The checkpoint `train(resume_from_checkpoint=...)` resumes from, checked complete, or None (a fresh run).
+
+    Args:
+        resume_from_checkpoint: True/False/None, a `checkpoint-N` path, or the strings "true"/"false"/"none"
+            (any case), as a command-line flag arrives; True and "true" mean the last complete checkpoint.
+        output_dir: where the run's checkpoints are (`args.output_dir`).
+
+    Raises:
+        `ValueError`: True with no complete checkpoint in `output_dir`, or a checkpoint that cannot be resumed
+        exactly (saying what it lacks).
+    """
+    if isinstance(resume_from_checkpoint, str) and resume_from_checkpoint.strip().lower() in ("true", "false", "none"):
+        resume_from_checkpoint = {"true": True, "false": None, "none": None}[resume_from_checkpoint.strip().lower()]
+    if resume_from_checkpoint is None or resume_from_checkpoint is False:
+        return None
+    if resume_from_checkpoint is True:
+        resume_from_checkpoint = last_complete_checkpoint(output_dir)
+        if resume_from_checkpoint is None:
+            raise ValueError(f"no complete checkpoint to resume from in {output_dir} (resume_from_checkpoint=true "
+                             "resumes the last complete checkpoint-N there; pass a path, or false to start afresh)")
+    problems = checkpoint_problems(resume_from_checkpoint)
+    if problems:
+        raise ValueError(f"cannot resume from {resume_from_checkpoint}: {'; '.join(problems)}. It was probably "
+                         "interrupted while being written: resume from an earlier checkpoint")
+    return str(resume_from_checkpoint)
+
+
 def last_complete_checkpoint(output_dir: str | os.PathLike) -> Path | None:
     """The highest-step `checkpoint-N` in `output_dir` that `checkpoint_problems` finds complete (a warning names
     each newer, incomplete one skipped), or None."""
@@ -181,38 +203,100 @@ def last_complete_checkpoint(output_dir: str | os.PathLike) -> Path | None:
     return None
 
 
+
+
+def updates_per_epoch(args: TrainingArguments, train_dataloader) -> int:
+    """Optimizer steps per epoch, as `Trainer.set_initial_training_values` counts them (`max_steps` for a dataloader
+    without a length)."""
+    try:
+        batches = len(train_dataloader)
+    except TypeError:
+        return max(args.max_steps, 1)
+    return max(math.ceil(batches / args.gradient_accumulation_steps), 1)
+
+
+class TrainingStateRestorer(TrainerCallback):
+    """Restores a `SafeCheckpointMixin` checkpoint's training state when `train` resumes from `checkpoint`: the
+    optimizer, scheduler and scaler in `on_train_begin`, and this process's RNG state where the Trainer restores it
+    (before the resumed epoch's data order is drawn at an epoch boundary or with `ignore_data_skip`; otherwise after
+    the batches already trained on were skipped, before the first resumed forward pass)."""
+
+    def __init__(self, trainer: "SafeCheckpointMixin") -> None:
+        self.trainer = trainer
+        self.checkpoint: str | None = None
+        self.rng_event: str | None = None  # "on_epoch_begin" or "on_step_begin" while the RNG state is pending
+
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                       train_dataloader=None, **kwargs) -> None:
+        if self.checkpoint is None:
+            return
+        self.trainer.load_training_state(self.checkpoint)
+        at_epoch_start = args.ignore_data_skip or state.global_step % updates_per_epoch(args, train_dataloader) == 0
+        self.rng_event = "on_epoch_begin" if at_epoch_start else "on_step_begin"
+
+    def on_epoch_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs) -> None:
+        if self.rng_event == "on_epoch_begin":
+            self._restore_rng()
+
+    def on_step_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs) -> None:
+        if self.rng_event == "on_step_begin":
+            self._restore_rng()
+
+    def _restore_rng(self) -> None:
+        self.trainer.load_rng_state(self.checkpoint)
+        self.checkpoint = self.rng_event = None
+
+
 class SafeCheckpointMixin:
-    """Mixed into a `transformers.Trainer` subclass (before the Trainer in the bases): checkpoints and saved models
-    hold safetensors and JSON only, adapter saves are atomic, and resuming refuses incomplete checkpoints.
+    """Mixed into a `transformers.Trainer` subclass (before the Trainer in the bases) whose `__init__` registers
+    `self.training_state_restorer = TrainingStateRestorer(self)`:
+    checkpoints and saved models hold safetensors and JSON only, adapter saves are atomic, and resuming refuses
+    incomplete checkpoints.
 
     - `save_model(output_dir, overwrite=False)`: writes into a temporary directory beside `output_dir` and renames
       it into place when complete. A non-empty `output_dir` is refused unless `overwrite=True` (which replaces it
-      whole). The Trainer's own checkpoint saves replace their `checkpoint-N`; with several processes it is written
-      in place by all of them, and becomes complete only when the last file is there: each process writes its own
-      RNG file, all wait for each other, then the main process writes `processes.json` and the Trainer
-      `trainer_state.json` (re-saving an existing `checkpoint-N` first removes those two, so it is never read half
-      old, half new). `args.output_dir` itself (the run directory, holding the checkpoints) is written in place.
-    - `train(resume_from_checkpoint=True)` resumes from the last *complete* checkpoint; an explicit path that is
-      incomplete raises `ValueError` listing what is missing.
-    - DeepSpeed and FSDP checkpoints are refused (their engines save their own, pickled, state).
+      whole). The Trainer's own checkpoint saves replace their `checkpoint-N`, with the training state in it; with
+      several processes it is written in place by all of them, and becomes complete only when the last file is
+      there: each process writes its own RNG file, all wait for each other, then the main process writes
+      `processes.json` and the Trainer `trainer_state.json` (re-saving an existing `checkpoint-N` first removes
+      those two, so it is never read half old, half new). `args.output_dir` itself (the run directory, holding the
+      checkpoints) is written in place.
+    - `train(resume_from_checkpoint=...)`: see `resolve_resume_argument`. It runs the Trainer with
+      `args.save_only_model=True` (given back afterwards), so the Trainer itself writes no pickled state.
+    - DeepSpeed and FSDP are refused (their engines save their own, pickled, state).
     """
 
+    saves_training_state: bool = True
+    """False while a `train` call runs whose arguments asked for `save_only_model=True`: checkpoints then hold the
+    model only."""
+
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False, overwrite: bool = False) -> None:
-        """Save the model (adapter and head for a `PeftModel`), tokenizer and training arguments (JSON).
+        """Save the model (adapter and head for a `PeftModel`), tokenizer and training arguments (JSON); in the
+        Trainer's checkpoint saves, also the training state (`save_training_state`).
 
         Args:
             output_dir (`str`, *optional*): target directory; default `args.output_dir` (written in place).
-            _internal_call (`bool`): set by the Trainer for its checkpoints (which are replaced when present).
+            _internal_call (`bool`): set by the Trainer for its own saves (a checkpoint is replaced when present).
             overwrite (`bool`): replace a non-empty `output_dir`; otherwise `FileExistsError` names it.
         """
+        self._refuse_sharded_engines()
         run_dir = Path(self.args.output_dir).absolute()
-        shared_checkpoint = _internal_call and self.args.world_size > 1  # other processes write their RNG files into it
+        target = Path(output_dir) if output_dir is not None else run_dir
+        checkpoint = _internal_call and target.name == f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        shared_checkpoint = checkpoint and self.args.world_size > 1  # other processes write their RNG files into it
         if shared_checkpoint:
-            self._mark_incomplete(Path(output_dir))
-        if output_dir is None or Path(output_dir).absolute() == run_dir or not self.args.should_save or shared_checkpoint:
-            return super().save_model(output_dir, _internal_call)
-        with atomic_output_dir(output_dir, overwrite=overwrite or _internal_call) as staging:
-            super().save_model(str(staging), _internal_call)
+            self._mark_incomplete(target)
+        if target.absolute() == run_dir or not self.args.should_save or shared_checkpoint:
+            self._write_model(target)
+            if checkpoint and self.saves_training_state:
+                self.save_training_state(target)
+        else:
+            with atomic_output_dir(target, overwrite=overwrite or _internal_call) as staging:
+                self._write_model(staging)
+                if checkpoint and self.saves_training_state:
+                    self.save_training_state(staging)
+        if self.args.push_to_hub and not _internal_call:
+            self.push_to_hub(commit_message="Model save")
 
     def _mark_incomplete(self, checkpoint: Path) -> None:
         """Before a multi-process save into `checkpoint`: the main process removes the files that make an existing
@@ -223,18 +307,16 @@ class SafeCheckpointMixin:
                 (checkpoint / name).unlink(missing_ok=True)
         self.accelerator.wait_for_everyone()
 
-    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        """Upstream's `Trainer._save` without pickle: the main process writes the weights, tokenizer and training
-        arguments (JSON); the other processes return, except when transformers sharded the model at load time
-        (tensor parallelism), where they join `save_pretrained`'s gathers, as upstream's do."""
-        output_dir = Path(output_dir if output_dir is not None else self.args.output_dir)
-        require_attributes(self, ("is_distributed_loading_by_transformers",), "transformers.Trainer", "transformers")
-        if not self.args.should_save and not self.is_distributed_loading_by_transformers:
+    def _write_model(self, output_dir: Path) -> None:
+        """The main process writes the weights, tokenizer and training arguments (JSON); the other processes return,
+        except when transformers sharded the model at load time (the model's `is_distributed_loading_by_transformers`,
+        transformers >= 5.24), where they join `save_pretrained`'s gathers."""
+        model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
+        if not self.args.should_save and not getattr(model, "is_distributed_loading_by_transformers", False):
             return
         if self.args.should_save:
             output_dir.mkdir(parents=True, exist_ok=True)
-        self.accelerator.unwrap_model(self.model, keep_torch_compile=False).save_pretrained(
-            output_dir, state_dict=state_dict, is_main_process=self.args.should_save)
+        model.save_pretrained(output_dir, is_main_process=self.args.should_save)
         if not self.args.should_save:
             return
         if self.processing_class is not None:
@@ -245,47 +327,47 @@ class SafeCheckpointMixin:
         if self.is_deepspeed_enabled or self.is_fsdp_enabled:
             raise NotImplementedError("bt-peft checkpoints (safetensors + JSON) do not support DeepSpeed or FSDP engines")
 
-    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
-        self._refuse_sharded_engines()
+    def save_training_state(self, output_dir: str | os.PathLike) -> None:
+        """Write the optimizer, scheduler and (fp16) scaler states (main process) and this process's RNG state into
+        `output_dir`; with several processes, then wait for all and (main process) write `processes.json`."""
         if self.args.should_save:
             save_state(self.optimizer.state_dict(), output_dir, "optimizer")
             save_state(self.lr_scheduler.state_dict(), output_dir, "scheduler")
-
-    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
-        if checkpoint is None:
-            return
-        self._refuse_sharded_engines()
-        self.optimizer.load_state_dict(load_state(checkpoint, "optimizer"))
-        self.lr_scheduler.load_state_dict(load_state(checkpoint, "scheduler"))
-
-    def _save_scaler(self, output_dir: str) -> None:
-        scaler = getattr(self.accelerator, "scaler", None)
-        if scaler is not None and self.args.should_save:
-            save_state(scaler.state_dict(), output_dir, "scaler")
-
-    def _load_scaler(self, checkpoint: str | None) -> None:
-        scaler = getattr(self.accelerator, "scaler", None)
-        if checkpoint is not None and scaler is not None and (Path(checkpoint) / "scaler.json").is_file():
-            scaler.load_state_dict(load_state(checkpoint, "scaler"))
-
-    def _rng_name(self) -> str:
-        return "rng_state" if self.args.world_size <= 1 else f"rng_state_{self.args.process_index}"
-
-    def _save_rng_state(self, output_dir: str) -> None:
-        states = {"python": random.getstate(), "numpy": np.random.get_state(), "cpu": torch.random.get_rng_state()}
-        if torch.cuda.is_available():
-            distributed = self.args.parallel_mode == ParallelMode.DISTRIBUTED
-            states["cuda"] = torch.cuda.random.get_rng_state_all() if distributed else torch.cuda.random.get_rng_state()
-        os.makedirs(output_dir, exist_ok=True)
-        save_state(states, output_dir, self._rng_name())
+            scaler = getattr(self.accelerator, "scaler", None)
+            if scaler is not None:
+                save_state(scaler.state_dict(), output_dir, "scaler")
+        self.save_rng_state(output_dir)
         if self.args.world_size > 1:  # the last per-process file of the checkpoint: now it can be marked whole
             self.accelerator.wait_for_everyone()
             if self.args.should_save:
                 write_json_atomically({"world_size": self.args.world_size}, Path(output_dir) / PROCESSES_NAME)
 
-    def _load_rng_state(self, checkpoint: str | None) -> None:
-        if checkpoint is None:
-            return
+    def load_training_state(self, checkpoint: str | os.PathLike) -> None:
+        """Load the optimizer, scheduler and (when saved and used) scaler states of `checkpoint` into this trainer's."""
+        self._refuse_sharded_engines()
+        self.optimizer.load_state_dict(load_state(checkpoint, "optimizer"))
+        self.lr_scheduler.load_state_dict(load_state(checkpoint, "scheduler"))
+        scaler = getattr(self.accelerator, "scaler", None)
+        if scaler is not None and (Path(checkpoint) / "scaler.json").is_file():
+            scaler.load_state_dict(load_state(checkpoint, "scaler"))
+
+    def _rng_name(self) -> str:
+        return "rng_state" if self.args.world_size <= 1 else f"rng_state_{self.args.process_index}"
+
+    def _distributed(self) -> bool:
+        return self.args.parallel_mode == ParallelMode.DISTRIBUTED
+
+    def save_rng_state(self, output_dir: str | os.PathLike) -> None:
+        """Write this process's Python, NumPy, torch CPU and CUDA generator states into `output_dir`."""
+        states = {"python": random.getstate(), "numpy": np.random.get_state(), "cpu": torch.random.get_rng_state()}
+        if torch.cuda.is_available():
+            states["cuda"] = torch.cuda.random.get_rng_state_all() if self._distributed() else torch.cuda.random.get_rng_state()
+        os.makedirs(output_dir, exist_ok=True)
+        save_state(states, output_dir, self._rng_name())
+
+    def load_rng_state(self, checkpoint: str | os.PathLike) -> None:
+        """Set the generators to this process's state saved in `checkpoint`; a warning, and no change, when it has
+        none (saved by another number of processes)."""
         if not (Path(checkpoint) / f"{self._rng_name()}.json").is_file():
             saved = rng_state_names(Path(checkpoint))[0]
             warnings.warn(f"{checkpoint} was saved by {max(len(saved), 1)} process(es), this run has {self.args.world_size}: "
@@ -298,22 +380,23 @@ class SafeCheckpointMixin:
         np.random.set_state(states["numpy"])
         torch.random.set_rng_state(states["cpu"])
         if torch.cuda.is_available() and "cuda" in states:
-            set_rng_state_for_device("CUDA", torch.cuda, states, self.args.parallel_mode == ParallelMode.DISTRIBUTED)
+            if self._distributed():
+                torch.cuda.random.set_rng_state_all(states["cuda"])
+            else:
+                torch.cuda.random.set_rng_state(states["cuda"])
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any):
-        """`Trainer.train`; `resume_from_checkpoint=True` picks the last complete checkpoint of `args.output_dir`,
-        and a checkpoint that cannot be resumed exactly raises `ValueError` saying what it lacks. Checkpoints under
-        DeepSpeed or FSDP are refused here, before training, rather than at the first save."""
+        """`Trainer.train`, resuming from `resolve_resume_argument(resume_from_checkpoint)` with this trainer's
+        training state. Checkpoints under DeepSpeed or FSDP are refused here, before training, rather than at the
+        first save."""
         if self.args.save_strategy != "no":
             self._refuse_sharded_engines()
-        if resume_from_checkpoint is True:
-            resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
-            if resume_from_checkpoint is None:
-                raise ValueError(f"no complete checkpoint to resume from in {self.args.output_dir}")
-        if resume_from_checkpoint:
-            problems = checkpoint_problems(resume_from_checkpoint)
-            if problems:
-                raise ValueError(f"cannot resume from {resume_from_checkpoint}: {'; '.join(problems)}. It was probably "
-                                 "interrupted while being written: resume from an earlier checkpoint")
-            resume_from_checkpoint = str(resume_from_checkpoint)
-        return super().train(resume_from_checkpoint, *args, **kwargs)
+        checkpoint = resolve_resume_argument(resume_from_checkpoint, self.args.output_dir)
+        self.training_state_restorer.checkpoint = checkpoint
+        self.saves_training_state = not self.args.save_only_model
+        self.args.save_only_model = True  # for this call only: the Trainer writes no pickled state, `save_model` does
+        try:
+            return super().train(checkpoint, *args, **kwargs)
+        finally:
+            self.args.save_only_model = not self.saves_training_state
+
