@@ -1,12 +1,16 @@
 """Shared fixtures: a tiny random Llama reward checkpoint with a tokenizer built locally (no downloads)."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+if not torch.cuda.is_available():  # deepspeed (the ZeRO-3 test's) otherwise prints its accelerator guess on stdout
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")  # whenever transformers imports it, in the tests' subprocesses too
 
 HH_DIR = Path(__file__).resolve().parent / "data" / "hh-rlhf-harmless-base"
 """The HH-RLHF sample shipped with the tests: 100 train and 20 dev raw pairs (its README says how it was cut)."""
