@@ -98,11 +98,13 @@ def test_bf16_merge_is_written_in_bf16(merged):
 
 def test_what_you_train_is_what_you_serve_on_smollm2_and_hh_data(tmp_path, hh_dir):
     """The same guarantee on a real pretrained model (SmolLM2-135M, real tokenizer, pad `<|endoftext|>` while eos is
-    `<|im_end|>`), trained in 4-bit on real HH-RLHF pairs, with texts ending in eos."""
+    `<|im_end|>`), trained in 4-bit on real HH-RLHF pairs, with texts ending in eos (which bt-peft reads, as it trains
+    on them, completed the way the chat template closes a turn: plain transformers is given that form)."""
     from datasets import Dataset
 
     from bt_peft import BradleyTerryRewardTrainer, load_qlora_model
     from bt_peft.embedded import smollm2_checkpoint
+    from bt_peft.tokenizer import complete_turn
     from conftest import fp32_args
 
     model, tokenizer = load_qlora_model(smollm2_checkpoint(), compute_dtype=torch.float32, gradient_checkpointing=False)
@@ -116,7 +118,7 @@ def test_what_you_train_is_what_you_serve_on_smollm2_and_hh_data(tmp_path, hh_di
     texts = [row["chosen"][-300:] for row in rows.select(range(3))] + ["\n\nHuman: hi\n\nAssistant: Hello!<|im_end|>"]
     trainer.model.eval()
     for padding_side in ("right", "left"):
-        served = plain_rewards(merged, texts, padding_side)
+        served = plain_rewards(merged, [complete_turn(tokenizer, text) for text in texts], padding_side)
         assert (served - score(trainer.model, tokenizer, texts)).abs().max() <= 1e-4
 
 
