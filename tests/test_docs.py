@@ -212,6 +212,16 @@ def test_check_only_example(example):
     assert not problems, f"docs example {example.name}: {problems}\n{example.code}"
 
 
+def test_readme_examples_are_in_the_docs():
+    """The README is the front door: each of its code blocks is one the docs show (and this file tests)."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"^```(?:python|bash)\n(.*?)^```$", readme, flags=re.MULTILINE | re.DOTALL)
+    docs_code = {example.code for example in EXAMPLES}
+    assert blocks, "the README shows no command"
+    missing = [block for block in blocks if block not in docs_code]
+    assert not missing, f"README code blocks that no docs page shows: {missing}"
+
+
 def test_shell_check_catches_a_renamed_flag_and_a_missing_file():
     assert check_shell("bt-peft plan llama-3-8b --batch_size 4\n") == []
     assert check_shell("bt-peft plan llama-3-8b --batch 4 \\\n  --gpu_gb 24  # comment --nope\n") == [
