@@ -161,21 +161,23 @@ trained (its embeddings' dtype: the 4-bit compute dtype under QLoRA), e.g. `"bfl
 adapter directory's base in 4-bit with it by default."""
 
 
-def record_training_settings(tokenizer: PreTrainedTokenizerBase, args: "TrainingArguments", model: "torch.nn.Module") -> None:
+def record_training_settings(tokenizer: PreTrainedTokenizerBase, append_eos: bool, max_length: int | None,
+                             model: "torch.nn.Module") -> None:
     """Record on the tokenizer (in place, saved with it) the training settings that scoring must repeat.
 
     Args:
         tokenizer (`PreTrainedTokenizerBase`): the reward model's tokenizer, its pad token already chosen.
-        args: the training arguments (`trl.RewardConfig` or `BradleyTerryRewardConfig`): `append_eos` (see
-            `set_append_eos`, which may raise) and `max_length` (`MAX_LENGTH_KEY`; None removes the record).
+        append_eos (`bool`): whether every sequence ends with the eos (see `set_append_eos`, which may raise).
+        max_length (`int`, *optional*): the most tokens per sequence in training (`MAX_LENGTH_KEY`; None removes the
+            record).
         model (`torch.nn.Module`): the model being trained; the dtype of its input embeddings is recorded as the
             compute dtype (`COMPUTE_DTYPE_KEY`).
     """
-    set_append_eos(tokenizer, getattr(args, "append_eos", False))
-    if args.max_length is None:
+    set_append_eos(tokenizer, append_eos)
+    if max_length is None:
         tokenizer.init_kwargs.pop(MAX_LENGTH_KEY, None)
     else:
-        tokenizer.init_kwargs[MAX_LENGTH_KEY] = int(args.max_length)
+        tokenizer.init_kwargs[MAX_LENGTH_KEY] = int(max_length)
     tokenizer.init_kwargs[COMPUTE_DTYPE_KEY] = str(model.get_input_embeddings().weight.dtype).removeprefix("torch.")
 
 

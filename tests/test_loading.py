@@ -26,7 +26,7 @@ def test_merged_checkpoint_loads_as_a_plain_reward_model(trained, tmp_path):
 
 
 def test_causal_lm_checkpoint_is_an_untrained_baseline_with_a_distinct_pad(tiny_llama_dir):
-    model, tokenizer = load_for_scoring(tiny_llama_dir, compute_dtype=torch.bfloat16)
+    model, tokenizer = load_for_scoring(tiny_llama_dir, compute_dtype=torch.bfloat16, allow_new_head=True)
     assert model.config.num_labels == 2 and model.model.embed_tokens.weight.dtype == torch.bfloat16
     assert model.score.weight.dtype == torch.float32  # the head stays in fp32, as in training
     assert tokenizer.pad_token == "<|endoftext|>" and model.config.pad_token_id == tokenizer.pad_token_id

@@ -259,9 +259,13 @@ def test_gpu_benchmark_runs_its_code_path_on_a_tiny_shape(tmp_path):
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     results = json.loads(output.read_text())["results"]
-    assert [r["pair_length"] for r in results] == [32, 48]
+    # each length in both layouts, each planned as it is trained (issue 20 item 5)
+    assert [(r["pair_length"], r["layout"]) for r in results] == [(32, "packed"), (32, "padded"), (48, "packed"),
+                                                                   (48, "padded")]
     assert all(r["peak_gib"] is None and r["pairs_per_second"] > 0 and math.isfinite(r["final_loss"]) for r in results)
-    assert 0 < results[0]["plan_peak_gib"] < results[1]["plan_peak_gib"]
+    for layout in ("packed", "padded"):
+        short, long = (r["plan_peak_gib"] for r in results if r["layout"] == layout)
+        assert 0 < short < long
     assert "bt-peft GPU memory benchmark: tiny Llama" in run.stdout
     assert not any(tmp_path.glob("bt-peft-gpu-memory-*"))  # the random checkpoint is removed
 

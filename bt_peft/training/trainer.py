@@ -106,7 +106,8 @@ class BradleyTerryRewardTrainer(NonFiniteGuardMixin, SafeCheckpointMixin, Traine
             processing_class = AutoTokenizer.from_pretrained(model.config.name_or_path, trust_remote_code=trust_remote_code)
         processing_class.pad_token = choose_pad_token(processing_class, eos_ids_of(model.config))
         bind_pad(model, processing_class)
-        record_training_settings(processing_class, args, model)
+        record_training_settings(processing_class, getattr(args, "append_eos", False), reward_setting(args, "max_length"),
+                                 model)
         if isinstance(model, PeftModel) and getattr(args, "gradient_checkpointing", None):
             model.enable_input_require_grads()  # as TRL: the frozen embeddings' output must carry the gradient
         if reward_setting(args, "disable_dropout"):
